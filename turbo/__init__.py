@@ -1,0 +1,1 @@
+"""turbo core: schedules, the Denoiser, tiny models, samplers, video I/O, the toy world."""

@@ -1,0 +1,237 @@
+"""The Denoiser: one frozen diffusers backbone, many adapter roles.
+
+Teacher, student and critic are the SAME network: the teacher is the frozen base with every
+adapter off, the student and the critic are the base plus their own peft LoRA adapter, and a
+role can also be a weighted mix of adapters (W2S's real score, ``{"critic": 0.25}``). Memory is
+one copy of the base weights plus the adapters, not one copy per role.
+
+Roles are switched by setting each peft layer's active adapters and scales directly. We do not
+call peft's ``set_adapter``: it also flips ``requires_grad`` on the adapters it (de)activates,
+which would let a role switch inside a loss silently change what an optimizer trains.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Union
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import Tensor, nn
+
+from turbo.schedule import Schedule
+from turbo.text import TextCond
+
+Role = Union[str, Mapping[str, float]]
+
+
+@dataclass
+class Pred:
+    """A prediction at (x_t, t): the raw network output and the x0 and eps it implies."""
+
+    out: Tensor
+    x0: Tensor
+    eps: Tensor
+
+
+def guidance_features(w: Tensor, dim: int = 256) -> Tensor:
+    """Sinusoidal embedding of ``w * 1000`` (LCM / T2V-Turbo w-conditioning): B -> B,dim,
+    [sin | cos] halves with frequencies ``10000^(-i / (dim/2 - 1))``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1))
+    args = (w.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class GuidanceEmbedding(nn.Module):
+    """The student's guidance-scale input: ``Linear(256 -> time_embed_dim, bias=False)`` on
+    ``guidance_features(w)``, added to the backbone's time embedding through a forward hook (so it
+    works for any family: Wan's ``condition_embedder.time_embedder``, UNet3D's ``time_embedding``).
+    Zero-initialised so that attaching it leaves the student equal to the teacher."""
+
+    def __init__(self, time_embed_dim: int, dim: int = 256):
+        super().__init__()
+        self.dim = dim
+        self.linear = nn.Linear(dim, time_embed_dim, bias=False)
+        nn.init.zeros_(self.linear.weight)
+
+    def forward(self, w: Tensor) -> Tensor:
+        return self.linear(guidance_features(w, self.dim).to(self.linear.weight.dtype))
+
+
+class Denoiser(nn.Module):
+    """Backbone + schedule + adapter roles. Latents are B,C,F,H,W (diffusers' video layout).
+
+    ``family`` chooses the call convention: "wan" (``WanTransformer3DModel``: hidden_states,
+    timestep, encoder_hidden_states) or "unet3d" (``UNet3DConditionModel``: sample, timestep,
+    encoder_hidden_states).
+    """
+
+    FAMILIES = ("wan", "unet3d")
+
+    def __init__(self, backbone: nn.Module, schedule: Schedule, family: str,
+                 time_embedding_module: str | None = None):
+        super().__init__()
+        if family not in self.FAMILIES:
+            raise ValueError(f"model.family must be one of {self.FAMILIES}, found {family!r}")
+        self.backbone = backbone.requires_grad_(False)
+        self.schedule = schedule
+        self.family = family
+        self.time_embedding_module = time_embedding_module
+        self.guidance_embeddings = nn.ModuleDict()  # role name -> GuidanceEmbedding
+        self._guidance: Tensor | None = None  # w for the forward in flight (read by the hook)
+        self._active_guidance: GuidanceEmbedding | None = None
+        self._hook = None
+
+    # --- adapters ------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(getattr(self.backbone, "peft_config", {}) or {})
+
+    def add_adapter(self, name: str, rank: int, alpha: float, target_modules: list[str],
+                    dropout: float = 0.0, guidance_embedding: bool = False) -> list[nn.Parameter]:
+        """Attach a zero-initialised LoRA adapter (peft's default: B = 0, so the role starts equal
+        to the teacher) and, optionally, a guidance-scale embedding; return its parameters."""
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists")
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules),
+                            lora_dropout=dropout, init_lora_weights=True)
+        # peft freezes every other adapter when it injects a new one; restore what the caller set
+        before = {p: p.requires_grad for n, p in self.backbone.named_parameters() if "lora_" in n}
+        try:
+            with warnings.catch_warnings():  # "multiple adapters" is exactly what we want
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                inject_adapter_in_model(config, self.backbone, adapter_name=name)
+        except ValueError as e:
+            raise ValueError(f"model.lora.target_modules={list(target_modules)} does not fit this "
+                             f"backbone ({type(self.backbone).__name__}): {e}") from e
+        # diffusers keeps adapter configs in ``peft_config`` (not every backbone class has its
+        # PeftAdapterMixin, e.g. UNet3DConditionModel, so we keep it the same way ourselves)
+        self.backbone.peft_config = {**(getattr(self.backbone, "peft_config", None) or {}), name: config}
+        if guidance_embedding:
+            self.guidance_embeddings[name] = GuidanceEmbedding(self._time_embed_dim())
+            self._install_hook()
+        self._set_active(None)  # adding an adapter activates it in peft; the default role is the teacher
+        for p, flag in before.items():
+            p.requires_grad_(flag)
+        params = self.adapter_parameters(name)
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        """The LoRA (and guidance-embedding) parameters of one adapter, in a stable order."""
+        params = [p for n, p in self.backbone.named_parameters() if f".{name}." in n and "lora_" in n]
+        if name in self.guidance_embeddings:
+            params += list(self.guidance_embeddings[name].parameters())
+        if not params:
+            raise KeyError(f"no adapter named {name!r}; adapters: {self.adapters}")
+        return params
+
+    def _set_active(self, weights: Mapping[str, float] | None) -> None:
+        """Activate adapters with scales (None or {} = adapters off = teacher)."""
+        for module in self.backbone.modules():
+            if isinstance(module, BaseTunerLayer):
+                if not weights:
+                    module._disable_adapters = True
+                    continue
+                module._disable_adapters = False
+                module._active_adapter = list(weights)
+                for name, w in weights.items():
+                    module.set_scale(name, w)
+
+    @contextmanager
+    def role(self, role: Role) -> Iterator[None]:
+        """Run the backbone as ``role``: "teacher", an adapter name, or {adapter: weight, ...}."""
+        weights = self._role_weights(role)
+        self._set_active(weights)
+        guided = [n for n in weights if n in self.guidance_embeddings]
+        self._active_guidance = self.guidance_embeddings[guided[0]] if guided else None
+        try:
+            yield
+        finally:
+            self._set_active(None)
+            self._active_guidance = None
+
+    def _role_weights(self, role: Role) -> dict[str, float]:
+        if role == "teacher":
+            return {}
+        weights = {role: 1.0} if isinstance(role, str) else dict(role)
+        unknown = [n for n in weights if n not in self.adapters]
+        if unknown:
+            raise KeyError(f"role {role!r} names unknown adapters {unknown}; adapters: {self.adapters}")
+        return weights
+
+    # --- guidance embedding hook ------------------------------------------------------------
+    def _time_embed_module(self) -> nn.Module:
+        if not self.time_embedding_module:
+            raise ValueError("model.time_embedding_module must name the backbone's time-embedding "
+                             "module to attach a guidance embedding")
+        try:
+            return self.backbone.get_submodule(self.time_embedding_module)
+        except AttributeError as e:
+            raise ValueError(f"model.time_embedding_module={self.time_embedding_module!r} is not a "
+                             f"module of {type(self.backbone).__name__}") from e
+
+    def _time_embed_dim(self) -> int:
+        linears = [m for m in self._time_embed_module().modules() if isinstance(m, nn.Linear)]
+        return linears[-1].out_features
+
+    def _install_hook(self) -> None:
+        if self._hook is None:
+            self._hook = self._time_embed_module().register_forward_hook(self._add_guidance)
+
+    def _add_guidance(self, module: nn.Module, args, output: Tensor) -> Tensor | None:
+        if self._active_guidance is None or self._guidance is None:
+            return None
+        return output + self._active_guidance(self._guidance).to(output.dtype)
+
+    # --- forward -----------------------------------------------------------------------------
+    def raw(self, x_t: Tensor, t: Tensor, cond: TextCond) -> Tensor:
+        """The backbone's raw output in the active role."""
+        tm = self.schedule.model_timestep(t).to(x_t.device)
+        emb = cond.embeds.to(x_t.dtype)
+        if self.family == "wan":
+            return self.backbone(hidden_states=x_t, timestep=tm, encoder_hidden_states=emb, return_dict=False)[0]
+        return self.backbone(sample=x_t, timestep=tm, encoder_hidden_states=emb, return_dict=False)[0]
+
+    def forward(self, x_t: Tensor, t: Tensor | int, cond: TextCond, *, role: Role = "teacher",
+                guidance: Tensor | None = None) -> Pred:
+        """Predict at (x_t, t). ``guidance``: B guidance scales fed to the role's guidance
+        embedding (ignored by roles without one)."""
+        t = _batch_t(t, x_t)
+        self._guidance = guidance
+        try:
+            with self.role(role):
+                out = self.raw(x_t, t, cond)
+        finally:
+            self._guidance = None
+        x0, eps = self.schedule.to_x0_eps(out, x_t, t)
+        return Pred(out, x0, eps)
+
+    def cfg(self, x_t: Tensor, t: Tensor | int, cond: TextCond, uncond: TextCond, scale: Tensor | float,
+            *, role: Role = "teacher", guidance: Tensor | None = None) -> Pred:
+        """Classifier-free guidance, Imagen form ``u + scale * (c - u)`` on the raw output (hence on
+        x0 and eps, which are linear in it). LCM's ``x0_c + w (x0_c - x0_u)`` is ``scale = 1 + w``.
+        Conditional and unconditional halves run as one batch."""
+        t = _batch_t(t, x_t)
+        both = self(torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([uncond, cond]), role=role,
+                    guidance=None if guidance is None else torch.cat([guidance, guidance]))
+        u, c = both.out.chunk(2)
+        scale = torch.as_tensor(scale, dtype=x_t.dtype, device=x_t.device)
+        scale = scale.reshape(-1, *([1] * (x_t.ndim - 1))) if scale.ndim else scale
+        out = u + scale * (c - u)
+        x0, eps = self.schedule.to_x0_eps(out, x_t, t)
+        return Pred(out, x0, eps)
+
+
+def _batch_t(t: Tensor | int, x: Tensor) -> Tensor:
+    if isinstance(t, int) or (isinstance(t, Tensor) and t.ndim == 0):
+        return torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+    if t.shape[0] != x.shape[0]:
+        raise ValueError(f"timesteps must have one entry per sample: found {t.shape[0]} for batch {x.shape[0]}")
+    return t.long()

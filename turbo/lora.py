@@ -1,0 +1,59 @@
+"""Saving and loading adapters in diffusers' LoRA format.
+
+``pytorch_lora_weights.safetensors`` holds the peft state dict of one adapter with diffusers'
+pipeline prefix (``transformer.`` for Wan, ``unet.`` for UNet families) and the LoRA config in
+the safetensors metadata, so ``WanPipeline.load_lora_weights(folder)`` or
+``model.load_lora_adapter(file, prefix="transformer")`` read it as is. The student's
+guidance-scale embedding, which diffusers has no slot for, goes to
+``guidance_embedding.safetensors`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from turbo.atomic import atomic_dir
+from turbo.denoiser import Denoiser
+
+WEIGHTS = "pytorch_lora_weights.safetensors"
+GUIDANCE = "guidance_embedding.safetensors"
+PREFIX = {"wan": "transformer", "unet3d": "unet"}
+
+
+def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
+    """Write ``adapter`` to ``folder`` atomically; returns the folder."""
+    prefix = PREFIX[denoiser.family]
+    state = get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter)
+    state = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
+    config = denoiser.backbone.peft_config[adapter].to_dict()
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    with atomic_dir(folder) as tmp:
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)})
+        if adapter in denoiser.guidance_embeddings:
+            save_file({k: v.detach().contiguous().cpu() for k, v in denoiser.guidance_embeddings[adapter].state_dict().items()},
+                      tmp / GUIDANCE)
+    return Path(folder)
+
+
+def load_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> None:
+    """Load weights saved by ``save_lora`` into an existing adapter of the same shape."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{folder}: expected {WEIGHTS} inside it, found none")
+    prefix = PREFIX[denoiser.family] + "."
+    state = {k[len(prefix):]: v for k, v in load_file(folder / WEIGHTS).items() if k.startswith(prefix)}
+    result = set_peft_model_state_dict(denoiser.backbone, state, adapter_name=adapter)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected or not state:
+        raise ValueError(f"{folder / WEIGHTS} does not fit adapter {adapter!r} of this "
+                         f"{type(denoiser.backbone).__name__}: unexpected keys {unexpected[:5]}")
+    if adapter in denoiser.guidance_embeddings:
+        if not (folder / GUIDANCE).is_file():
+            raise FileNotFoundError(f"{folder}: adapter {adapter!r} has a guidance embedding but {GUIDANCE} is missing")
+        denoiser.guidance_embeddings[adapter].load_state_dict(load_file(folder / GUIDANCE))

@@ -1,0 +1,1 @@
+"""A procedural captioned-video world (shapes, colours, motions) for CPU-sized experiments."""
