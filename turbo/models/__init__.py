@@ -2,7 +2,7 @@
 real families."""
 
 from turbo.models.load import load_backbone, load_text_encoder, load_vae
-from turbo.models.tiny import tiny_text_encoder, tiny_unet3d, tiny_wan, tiny_wan_vae
+from turbo.models.tiny import tiny_sd_vae, tiny_text_encoder, tiny_unet3d, tiny_wan, tiny_wan_vae
 
-__all__ = ["load_backbone", "load_text_encoder", "load_vae", "tiny_text_encoder", "tiny_unet3d", "tiny_wan",
+__all__ = ["load_backbone", "load_text_encoder", "load_vae", "tiny_sd_vae", "tiny_text_encoder", "tiny_unet3d", "tiny_wan",
            "tiny_wan_vae"]

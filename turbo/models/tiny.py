@@ -55,3 +55,14 @@ def tiny_text_encoder(seed: int = 0, dim: int = 32, num_layers: int = 2, max_len
     config = UMT5Config(vocab_size=len(tokenizer), d_model=dim, num_layers=num_layers, num_heads=2,
                         d_kv=dim // 2, d_ff=2 * dim, relative_attention_num_buckets=8, dropout_rate=0.0)
     return TextEncoder(_seeded(seed, lambda: UMT5EncoderModel(config)), tokenizer, max_length)
+
+
+def tiny_sd_vae(seed: int = 0, latent_channels: int = 4) -> VideoVAE:
+    """A per-frame ``AutoencoderKL`` (the SD / ModelScope layout) with 8x spatial compression."""
+    from diffusers import AutoencoderKL
+
+    vae = _seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=4, scaling_factor=0.18215))
+    return VideoVAE(vae)

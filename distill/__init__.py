@@ -1,0 +1,1 @@
+"""Distillation: objectives, reward feedback, the training loop, datasets."""

@@ -1,0 +1,1 @@
+"""Distillation objectives, one per file."""

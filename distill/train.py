@@ -1,0 +1,225 @@
+"""``turbo-train``: distil a teacher into a few-step LoRA student. Reads top to bottom:
+
+    setup()  config -> models, objective, reward feedback, data, optimizers (one shared base)
+    train()  for each step: batch -> critic loss (if any) -> generator loss + reward feedback
+             -> backward -> clip -> step -> metrics line -> checkpoint (atomic)
+    finish() final LoRA, teacher vs student samples (mp4), report.md, DONE marker
+
+Randomness: every step draws from a generator seeded by (seed, step, rank) and the data order is
+a permutation seeded by (seed, epoch), so a resumed run replays exactly the steps an
+uninterrupted one would have taken.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hydra
+import torch
+from accelerate import Accelerator
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from distill.checkpoint import RunDir
+from distill.data import collate
+from distill.feedback import RewardFeedback
+from distill.objectives.base import Batch, Objective
+from turbo.config import ConfigError, build
+from turbo.denoiser import Denoiser
+from turbo.lora import save_lora
+from turbo.sampling import sample_consistency, sample_teacher
+from turbo.text import TextEncoder
+from turbo.vae import VideoVAE
+from turbo.video import write_video
+
+TOP_LEVEL_KEYS = {"model", "objective", "reward", "data", "seed", "device", "precision", "resume", "overwrite",
+                  "student", "train", "samples"}
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    out: RunDir
+    accelerator: Accelerator
+    text: TextEncoder
+    vae: VideoVAE
+    denoiser: Denoiser
+    objective: Objective
+    feedback: RewardFeedback
+    dataset: torch.utils.data.Dataset
+    optimizers: dict[str, torch.optim.Optimizer]
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+# --- setup -------------------------------------------------------------------------------------
+def setup(cfg: DictConfig, run_dir: Path) -> Run:
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; turbo-train reads {sorted(TOP_LEVEL_KEYS)}")
+    out = RunDir(run_dir)
+    out.claim(resume=cfg.resume, overwrite=cfg.overwrite)
+    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision)
+    device = accelerator.device
+
+    m = cfg.model
+    text = build(m.text_encoder, "model.text_encoder").to(device)
+    vae = build(m.vae, "model.vae").to(device)
+    schedule = build(m.schedule, "model.schedule")
+    denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
+    denoiser.add_adapter("student", rank=cfg.student.rank, alpha=cfg.student.alpha,
+                         target_modules=list(cfg.student.target_modules), dropout=cfg.student.dropout,
+                         guidance_embedding=cfg.student.guidance_embedding)
+    denoiser.to(device)
+    objective = build(cfg.objective, "objective")(denoiser=denoiser)
+    feedback = RewardFeedback(build(cfg.reward, "reward").to(device), vae)
+
+    dataset = build(cfg.data, "data")
+    if objective.needs_videos and not dataset.has_videos:
+        raise ConfigError(f"objective={objective.name} needs real videos, but data ({type(dataset).__name__}) "
+                          f"gives prompts only")
+    if dataset.has_videos:
+        vae.check_video_size(cfg.data.num_frames, cfg.data.height, cfg.data.width)
+
+    optimizers = {name: accelerator.prepare(torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
+                                                               weight_decay=cfg.train.weight_decay))
+                  for name, params in objective.trainable().items()}
+    run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers)
+    if cfg.resume:
+        run.step = out.load_latest(denoiser, optimizers)
+        run.history = out.read_metrics(upto=run.step)
+    out.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+    return run
+
+
+def load_batch(run: Run, step: int) -> Batch:
+    """The batch of ``step``: a fixed slice of an epoch permutation seeded by (seed, epoch); each
+    process takes its own share of it."""
+    n, bs = len(run.dataset), run.cfg.train.batch_size
+    per_epoch = max(1, n // bs)
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch))
+    idx = order[i * bs:(i + 1) * bs].tolist()[run.accelerator.process_index::run.accelerator.num_processes]
+    items = collate([run.dataset[j] for j in idx])
+    prompts = items["prompt"]
+    device = run.accelerator.device
+    latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
+    return Batch(prompts, run.text(prompts), run.text([""] * len(prompts)), latents)
+
+
+def step_generator(run: Run, step: int) -> torch.Generator:
+    seed = (run.cfg.seed * 1_000_003 + step) * 64 + run.accelerator.process_index
+    return torch.Generator().manual_seed(seed)
+
+
+# --- one optimisation step ----------------------------------------------------------------------
+def optimise(run: Run, group: str, losses, metrics: dict) -> None:
+    """Backward the summed loss, average gradients over processes, clip, step ``group``."""
+    params = run.objective.trainable()[group]
+    run.optimizers[group].zero_grad(set_to_none=True)
+    total = losses.total()
+    run.accelerator.backward(total)
+    # The objectives call the denoiser many times per step in several roles, which does not fit
+    # DDP's one-forward contract, so gradients are averaged explicitly (a no-op on one process).
+    if run.accelerator.num_processes > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad = run.accelerator.reduce(p.grad, reduction="mean")
+    norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.train.grad_clip)
+    run.optimizers[group].step()
+    run.objective.after_step(group)
+    metrics[f"{group}/loss"] = float(total.detach())
+    metrics[f"{group}/grad_norm"] = float(norm)
+    metrics.update({k: float(v.detach()) for k, v in losses.terms.items()})
+
+
+def train_step(run: Run, step: int) -> dict:
+    metrics: dict = {"step": step + 1}
+    gen = step_generator(run, step)
+    batch = load_batch(run, step)
+    with run.accelerator.autocast():
+        critic = run.objective.critic_loss(batch, step, gen)
+    if critic is not None:
+        optimise(run, "critic", critic, metrics)
+    with run.accelerator.autocast():
+        losses = run.objective.generator_loss(batch, step, gen)
+        if losses.terms and run.feedback and losses.x0 is not None:
+            reward = run.feedback(losses.x0, batch.prompts, gen)
+            losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
+            metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
+    if losses.terms:
+        optimise(run, "student", losses, metrics)
+    return metrics
+
+
+def train(run: Run) -> None:
+    cfg = run.cfg.train
+    bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc="train",
+               disable=not run.accelerator.is_main_process)
+    for step in bar:
+        t0 = time.perf_counter()
+        metrics = train_step(run, step)
+        metrics["sec"] = round(time.perf_counter() - t0, 4)
+        run.step = step + 1
+        run.history.append(metrics)
+        if run.accelerator.is_main_process:
+            run.out.append_metrics(metrics)
+            bar.set_postfix(loss=f"{metrics.get('student/loss', float('nan')):.4f}")
+            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+                run.out.save_checkpoint(run.step, run.denoiser, run.optimizers, keep=cfg.keep_checkpoints)
+
+
+# --- the end of a run ---------------------------------------------------------------------------
+@torch.no_grad()
+def sample_videos(run: Run) -> dict:
+    """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed."""
+    s, d = run.cfg.samples, run.cfg.data
+    shape = run.vae.latent_shape(d.num_frames, d.height, d.width)
+    cond, uncond = run.text(list(s.prompts)), run.text([""] * len(s.prompts))
+    timings = {}
+    grid = getattr(run.objective, "grid", None)
+    for who in ("teacher", "student"):
+        gen = torch.Generator().manual_seed(s.seed)
+        t0 = time.perf_counter()
+        if who == "teacher":
+            latents = sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps, s.teacher_guidance, gen)
+        else:
+            latents = sample_consistency(run.denoiser, cond, shape, s.student_steps, gen,
+                                         grid_steps=len(grid) if grid is not None else 50,
+                                         guidance=s.student_guidance,
+                                         boundary=getattr(run.objective, "boundary"))
+        videos = run.vae.decode(latents)
+        timings[who] = (time.perf_counter() - t0) / len(s.prompts)
+        for i, (prompt, video) in enumerate(zip(s.prompts, videos)):
+            write_video(run.out.path / "samples" / f"{who}_{i:02d}_{prompt.replace(' ', '_')[:60]}.mp4", video, fps=s.fps)
+    return timings
+
+
+def finish(run: Run) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    save_lora(run.denoiser, "student", run.out.path / "student")
+    timings = sample_videos(run)
+    run.out.write_report(run.cfg, run.history, timings)
+    run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings})
+
+
+def run_training(cfg: DictConfig, run_dir: Path) -> Run:
+    torch.manual_seed(cfg.seed)
+    run = setup(cfg, run_dir)
+    train(run)
+    finish(run)
+    return run
+
+
+@hydra.main(config_path="pkg://conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run = run_training(cfg, Path(HydraConfig.get().runtime.output_dir))
+    print(f"run directory: {run.out.path}")
+
+
+if __name__ == "__main__":
+    main()

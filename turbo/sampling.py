@@ -1,0 +1,63 @@
+"""Samplers, written out as loops (diffusers style) over the Denoiser and its Schedule.
+
+- ``sample_teacher``: deterministic DDIM with classifier-free guidance, any step count. For a
+  flow schedule the DDIM step is the Euler step (see ``turbo.schedule``), so this one loop is
+  DDIM for VP teachers and Euler for flow teachers.
+- ``sample_consistency``: LCM's multistep consistency sampler for CD students: at each step
+  predict the boundary-scaled x0, then re-noise it with fresh noise to the next timestep.
+
+All return latents B,C,F,H,W; decode them with ``VideoVAE.decode``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from turbo.denoiser import Denoiser, Role
+from turbo.schedule import ConsistencyBoundary, lcm_timesteps
+from turbo.text import TextCond
+
+
+def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
+    return torch.randn(shape, generator=generator).to(device)
+
+
+@torch.no_grad()
+def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
+                   steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher") -> Tensor:
+    """DDIM / Euler sampling with Imagen-form CFG (``guidance_scale`` 1 or ``uncond=None``: no CFG).
+    ``shape`` = C,F,H,W of one latent; batch size = len(cond)."""
+    x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
+    timesteps = denoiser.schedule.inference_timesteps(steps).tolist()
+    for i, t in enumerate(timesteps):
+        if uncond is None or guidance_scale == 1.0:
+            pred = denoiser(x, t, cond, role=role)
+        else:
+            pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role)
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        x = denoiser.schedule.ddim_step(pred.x0, pred.eps, t_prev)
+    return x
+
+
+@torch.no_grad()
+def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...], steps: int,
+                       generator: torch.Generator, *, grid_steps: int = 50, guidance: float | None = None,
+                       boundary: ConsistencyBoundary = ConsistencyBoundary(), role: Role = "student") -> Tensor:
+    """LCM multistep sampling on the CD grid (``grid_steps`` = the objective's
+    ``num_ddim_timesteps``): 4 steps of the 50-grid are 999, 759, 519, 279. ``guidance`` is the w
+    fed to a student with a guidance embedding."""
+    schedule = denoiser.schedule
+    b = len(cond)
+    x = initial_noise((b, *shape), generator, cond.embeds.device)
+    w = None if guidance is None else torch.full((b,), float(guidance), device=x.device)
+    timesteps = lcm_timesteps(steps, schedule.ddim_grid(grid_steps)).tolist()
+    for i, t in enumerate(timesteps):
+        pred = denoiser(x, t, cond, role=role, guidance=w)
+        c_skip, c_out = boundary(t, x)
+        denoised = c_skip * x + c_out * pred.x0
+        if i + 1 < len(timesteps):
+            x = schedule.add_noise(denoised, initial_noise(x.shape, generator, x.device), timesteps[i + 1])
+        else:
+            x = denoised
+    return x
