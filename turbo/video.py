@@ -135,7 +135,8 @@ class VideoWriter:
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(self.crf)}
         elif size != self._size:
-            raise ValueError(f"{self.path}: every chunk must be {self._size[0]}x{self._size[1]} (HxW), found {size[0]}x{size[1]}")
+            expected, found = "x".join(map(str, self._size)), "x".join(map(str, size))
+            raise ValueError(f"{self.path}: every chunk must be {expected} (HxW), found {found}")
         for frame in _pad_to_even(array):
             self._container.mux(self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         self.frames_written += len(array)
@@ -180,7 +181,9 @@ def write_video(path: str | os.PathLike[str], video: Tensor | np.ndarray, fps: f
 
 
 @contextmanager
-def _open_video(path: str | os.PathLike[str]) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+def _open_video(
+    path: str | os.PathLike[str],
+) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
     """Open ``path`` and yield (container, first video stream); VideoReadError if it is not a video."""
     path = Path(path)
     if not path.is_file():
@@ -225,7 +228,9 @@ def read_video(path: str | os.PathLike[str], num_frames: int | None = None) -> t
                 if num_frames is not None and len(frames) == num_frames:
                     break
         except av.error.FFmpegError as error:
-            raise VideoReadError(f"{path}: expected a decodable video, decoding failed after {len(frames)} frames ({error})") from error
+            raise VideoReadError(
+                f"{path}: expected a decodable video, decoding failed after {len(frames)} frames ({error})"
+            ) from error
         fps = _stream_fps(stream)
     if not frames:
         raise VideoReadError(f"{path}: expected a video with at least one frame, found none")

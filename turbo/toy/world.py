@@ -61,7 +61,8 @@ class ObjectSpec:
     motion: str
 
     def __post_init__(self) -> None:
-        for kind, value, allowed in (("colour", self.colour, COLOURS), ("shape", self.shape, SHAPES), ("motion", self.motion, MOTIONS)):
+        fields = (("colour", self.colour, COLOURS), ("shape", self.shape, SHAPES), ("motion", self.motion, MOTIONS))
+        for kind, value, allowed in fields:
             if value not in allowed:
                 raise CaptionError(f"unknown {kind} {value!r}; allowed: {', '.join(allowed)}")
 
@@ -134,11 +135,17 @@ def _choice(options, generator: torch.Generator):
 class ToyWorld:
     """Captioned clips of ``max_objects`` or fewer shapes; ``F,3,H,W`` float32 in [0, 1]."""
 
-    def __init__(self, num_frames: int = 16, height: int = 32, width: int = 32, max_objects: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self, num_frames: int = 16, height: int = 32, width: int = 32, max_objects: int = 1, seed: int = 0
+    ) -> None:
         if num_frames < 1 or height < 8 or width < 8:
-            raise ValueError(f"ToyWorld needs num_frames >= 1 and height, width >= 8, found {num_frames=}, {height=}, {width=}")
+            raise ValueError(
+                f"ToyWorld needs num_frames >= 1 and height, width >= 8, found {num_frames=}, {height=}, {width=}"
+            )
         if not 1 <= max_objects <= len(COLOURS):
-            raise ValueError(f"ToyWorld max_objects must be in [1, {len(COLOURS)}] (one colour each), found {max_objects}")
+            raise ValueError(
+                f"ToyWorld max_objects must be in [1, {len(COLOURS)}] (one colour each), found {max_objects}"
+            )
         self.num_frames, self.height, self.width = num_frames, height, width
         self.max_objects, self.seed = max_objects, seed
 

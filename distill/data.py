@@ -1,0 +1,191 @@
+"""Datasets for training and evaluation.
+
+Every item is a dict ``{"prompt": str, "video": Tensor}`` with ``video``
+``F,3,H,W`` float32 in [0, 1]; prompt-only datasets omit ``"video"``. Every
+dataset class says which kind it is in its class attribute ``has_videos``, so
+an objective that needs real videos can refuse a prompt-only dataset before
+training starts. ``collate`` batches items to ``{"prompt": list[str], "video":
+B,F,3,H,W}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from turbo.toy.world import ToyWorld
+from turbo.video import read_video
+
+__all__ = ["PromptDataset", "ToyVideoDataset", "VideoFolderDataset", "collate"]
+
+
+def _check_index(index: int, length: int, name: str) -> None:
+    # IndexError (not ValueError) so plain `for item in dataset` iteration stops.
+    if not 0 <= index < length:
+        raise IndexError(f"{name} index {index} out of range for {length} items")
+
+
+class ToyVideoDataset(Dataset):
+    """``size`` clips from the toy world: item ``i`` is ``ToyWorld(...).sample(i)``, same every epoch."""
+
+    has_videos = True
+
+    def __init__(
+        self, size: int, num_frames: int, height: int, width: int, max_objects: int = 1, seed: int = 0
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"data.size must be >= 1, found {size}")
+        self.size = size
+        self.world = ToyWorld(num_frames=num_frames, height=height, width=width, max_objects=max_objects, seed=seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        _check_index(index, self.size, type(self).__name__)
+        prompt, video = self.world.sample(index)
+        return {"prompt": prompt, "video": video}
+
+
+class VideoFolderDataset(Dataset):
+    """Captioned videos listed in a jsonl file under ``root``.
+
+    Each non-empty line of ``root/metadata`` is ``{"video": "relative/path.mp4",
+    "caption": "..."}``. Items are the first ``num_frames`` frames, resized so
+    the shorter side fits (bilinear, antialiased) and center-cropped to
+    ``height x width``: ``F,3,H,W`` float32 in [0, 1]. The listing is checked
+    at construction, so a typo fails before training rather than hours in.
+    """
+
+    has_videos = True
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        metadata: str = "metadata.jsonl",
+        *,
+        num_frames: int,
+        height: int,
+        width: int,
+    ) -> None:
+        self.root = Path(root)
+        self.num_frames, self.height, self.width = num_frames, height, width
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root: expected a directory of videos, found nothing at {self.root}")
+        metadata_path = self.root / metadata
+        if not metadata_path.is_file():
+            raise FileNotFoundError(
+                f"data.root / data.metadata: expected a metadata file at {metadata_path}, found none"
+            )
+        self.items: list[tuple[Path, str]] = []
+        for line_number, line in enumerate(metadata_path.read_text().splitlines(), start=1):
+            if line.strip():
+                self.items.append(self._parse_line(line, f"{metadata_path}:{line_number}"))
+        if not self.items:
+            raise ValueError(f"{metadata_path}: expected at least one {{\"video\": ..., \"caption\": ...}}"
+                             " line, found none")
+
+    def _parse_line(self, line: str, where: str) -> tuple[Path, str]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: expected a JSON object, found invalid JSON ({error})") from error
+        if not isinstance(record, dict) or not {"video", "caption"} <= record.keys():
+            found = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{where}: expected keys 'video' and 'caption', found {found}")
+        if not isinstance(record["video"], str) or not isinstance(record["caption"], str):
+            raise ValueError(f"{where}: expected 'video' and 'caption' to be strings, found {record!r}")
+        path = self.root / record["video"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: listed video {path} does not exist")
+        return path, record["caption"]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        _check_index(index, len(self.items), type(self).__name__)
+        path, caption = self.items[index]
+        video, _ = read_video(path, num_frames=self.num_frames)
+        if video.shape[0] < self.num_frames:
+            found = video.shape[0]
+            raise ValueError(f"{path}: expected at least {self.num_frames} frames (data.num_frames), found {found}")
+        return {"prompt": caption, "video": resize_center_crop(video, self.height, self.width)}
+
+
+def resize_center_crop(video: Tensor, height: int, width: int) -> Tensor:
+    """Scale ``F,3,H,W`` (float, [0, 1]) so it covers ``height x width``, then crop the centre.
+
+    The aspect ratio is kept: the side that is shorter relative to the target
+    is resized to it (bilinear, antialiased so downscaling does not alias) and
+    the other side is center-cropped. Returns ``F,3,height,width`` in [0, 1].
+    """
+    in_h, in_w = video.shape[-2:]
+    scale = max(height / in_h, width / in_w)
+    # max(): rounding must never leave the resized side a pixel short of the crop.
+    new_h, new_w = max(height, round(in_h * scale)), max(width, round(in_w * scale))
+    if (new_h, new_w) != (in_h, in_w):
+        video = nnf.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+        video = video.clamp_(0, 1)  # the antialias kernel can overshoot by a rounding error
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return video[..., top : top + height, left : left + width].contiguous()
+
+
+class PromptDataset(Dataset):
+    """Prompts without videos (for data-free objectives and evaluation): items are ``{"prompt": str}``.
+
+    Give either ``prompts`` or ``prompt_file`` (one prompt per line; blank lines are skipped).
+    """
+
+    has_videos = False
+
+    def __init__(self, prompts: list[str] | None = None, prompt_file: str | os.PathLike[str] | None = None) -> None:
+        if (prompts is None) == (prompt_file is None):
+            raise ValueError("PromptDataset: expected exactly one of data.prompts and data.prompt_file, "
+                             f"found {'both' if prompts is not None else 'neither'}")
+        if prompt_file is not None:
+            path = Path(prompt_file)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data.prompt_file: expected a text file with one prompt per line, found nothing at {path}"
+                )
+            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            where = f"data.prompt_file {path}"
+        else:
+            where = "data.prompts"
+        if not prompts:
+            raise ValueError(f"{where}: expected at least one prompt, found none")
+        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise ValueError(f"{where}: expected non-empty strings, found {bad[0]!r}")
+        self.prompts = list(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        _check_index(index, len(self.prompts), type(self).__name__)
+        return {"prompt": self.prompts[index]}
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch items: ``{"prompt": list[str], "video": B,F,3,H,W}`` (no "video" if the items have none)."""
+    if not items:
+        raise ValueError("collate: expected at least one item, found an empty batch")
+    batch: dict[str, Any] = {"prompt": [item["prompt"] for item in items]}
+    with_video = sum("video" in item for item in items)
+    if with_video not in (0, len(items)):
+        raise ValueError(f"collate: expected all items or none to have a video, found {with_video} of {len(items)}")
+    if with_video:
+        shapes = {tuple(item["video"].shape) for item in items}
+        if len(shapes) > 1:
+            raise ValueError(f"collate: expected videos of one shape F,3,H,W, found {sorted(shapes)}")
+        batch["video"] = torch.stack([item["video"] for item in items])
+    return batch
