@@ -74,7 +74,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                          target_modules=list(cfg.student.target_modules), dropout=cfg.student.dropout,
                          guidance_embedding=cfg.student.guidance_embedding)
     denoiser.to(device)
-    objective = build(cfg.objective, "objective")(denoiser=denoiser)
+    objective = build(cfg.objective, "objective", denoiser=denoiser)
     feedback = RewardFeedback(build(cfg.reward, "reward").to(device), vae)
 
     dataset = build(cfg.data, "data")
