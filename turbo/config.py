@@ -11,7 +11,8 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
+from omegaconf import DictConfig, ListConfig, MissingMandatoryValue, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError
 
 ALLOWED_TARGET_PREFIXES = ("turbo.", "rewards.", "distill.", "eval.")
 
@@ -31,12 +32,31 @@ def _check_targets(node: Any, key: str) -> None:
                 _check_targets(node._get_node(k), f"{key}.{k}")
 
 
+def missing_keys(node: Any, key: str) -> list[str]:
+    """Full keys under ``node`` whose value is '???', directly or through an interpolation
+    (reported as the key the user must set, e.g. ``model.path`` for ``${model.path}``)."""
+    found: list[str] = []
+    if isinstance(node, (DictConfig, ListConfig)):
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for k in keys:
+            try:
+                child = node[k]
+            except MissingMandatoryValue:
+                found.append(f"{key}.{k}" if key else str(k))
+                continue
+            except InterpolationToMissingValueError as e:  # "...Missing mandatory value: model.path"
+                found.append(str(e).split("Missing mandatory value: ")[-1].split()[0])
+                continue
+            found += missing_keys(child, f"{key}.{k}" if key else str(k))
+    return sorted(set(found))
+
+
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """Instantiate ``node`` (found at config key ``key``), passing ``kwargs`` through."""
     if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(f"{key}: expected a config with a _target_, found {OmegaConf.to_yaml(node) if isinstance(node, DictConfig) else node!r}")
     _check_targets(node, key)
-    missing = sorted(f"{key}.{k}" for k in OmegaConf.missing_keys(node))
+    missing = missing_keys(node, key)
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be set (found '???'), e.g. on the command line: {missing[0]}=...")
     try:
