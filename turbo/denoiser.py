@@ -86,6 +86,7 @@ class Denoiser(nn.Module):
         self._guidance: Tensor | None = None  # w for the forward in flight (read by the hook)
         self._active_guidance: GuidanceEmbedding | None = None
         self._hook = None
+        self._layers_cache: list[BaseTunerLayer] | None = None
 
     # --- adapters ------------------------------------------------------------------------
     @property
@@ -115,6 +116,7 @@ class Denoiser(nn.Module):
         if guidance_embedding:
             self.guidance_embeddings[name] = GuidanceEmbedding(self._time_embed_dim())
             self._install_hook()
+        self._layers_cache = None  # new LoRA layers may have been injected
         self._set_active(None)  # adding an adapter activates it in peft; the default role is the teacher
         for p, flag in before.items():
             p.requires_grad_(flag)
@@ -134,12 +136,9 @@ class Denoiser(nn.Module):
 
     def _set_active(self, weights: Mapping[str, float] | None) -> None:
         """Activate adapters with scales (None or {} = adapters off = teacher)."""
-        for module in self.backbone.modules():
-            if isinstance(module, BaseTunerLayer):
-                if not weights:
-                    module._disable_adapters = True
-                    continue
-                module._disable_adapters = False
+        for module in self._tuner_layers:
+            module._disable_adapters = not weights
+            if weights:
                 module._active_adapter = list(weights)
                 for name, w in weights.items():
                     module.set_scale(name, w)
@@ -165,6 +164,13 @@ class Denoiser(nn.Module):
         if unknown:
             raise KeyError(f"role {role!r} names unknown adapters {unknown}; adapters: {self.adapters}")
         return weights
+
+    @property
+    def _tuner_layers(self) -> list[BaseTunerLayer]:
+        # cached: a role switch happens several times per step and big backbones have ~10^4 modules
+        if self._layers_cache is None:
+            self._layers_cache = [m for m in self.backbone.modules() if isinstance(m, BaseTunerLayer)]
+        return self._layers_cache
 
     # --- guidance embedding hook ------------------------------------------------------------
     def _time_embed_module(self) -> nn.Module:

@@ -1,0 +1,142 @@
+"""The reward-model protocol, input checks and differentiable image preprocessing.
+
+Every reward model scores a batch of videos against their prompts:
+
+    video:   B,F,3,H,W float tensor with values in [0, 1] (any float dtype, any device)
+    prompts: list of B strings
+    ->       B float32 scores, differentiable w.r.t. ``video``
+
+Image-text rewards (CLIP, HPS, ...) score each frame and average over frames;
+video-text rewards (ViCLIP, InternVideo2) score the clip as a whole. Which
+frames a reward sees is decided by ``rewards.mixture``, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# OpenAI CLIP statistics, also used by the LAION open_clip checkpoints and HPSv2.
+OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+# Values this far outside [0, 1] are accepted: decoders and resamplers overshoot a little.
+RANGE_TOLERANCE = 1e-3
+
+
+class RewardInputError(ValueError):
+    """A reward model was given a video or prompts that break its input contract."""
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Scores videos against prompts; see the module docstring for the tensor contract."""
+
+    name: str
+    kind: Literal["image", "video"]
+
+    def __call__(self, video: Tensor, prompts: list[str]) -> Tensor:
+        """video: B,F,3,H,W float in [0, 1]; prompts: B strings -> B float32 scores."""
+        ...
+
+
+def check_video(video: Tensor, prompts: Sequence[str], *, min_frames: int = 1, who: str) -> None:
+    """Raise :class:`RewardInputError` unless ``video``/``prompts`` meet the reward contract.
+
+    ``who`` names the caller in the message, e.g. ``"reward 'clip'"``. Checked: a
+    floating 5-D tensor shaped B,F,3,H,W with at least ``min_frames`` frames, values in
+    [0, 1] (tolerance ``RANGE_TOLERANCE``), and exactly B prompt strings.
+    """
+    if not isinstance(video, Tensor):
+        raise RewardInputError(f"{who}: expected video as a torch.Tensor B,F,3,H,W, found {type(video).__name__}")
+    if video.ndim != 5 or video.shape[2] != 3:
+        hint = " (a batch of images? add a frame axis: video.unsqueeze(1))" if video.ndim == 4 else ""
+        raise RewardInputError(
+            f"{who}: expected a 5-D video tensor B,F,3,H,W, found shape {tuple(video.shape)}{hint}"
+        )
+    if not video.is_floating_point():
+        raise RewardInputError(
+            f"{who}: expected a floating-point video in [0, 1], found dtype {video.dtype} "
+            "(convert with video.float() / 255)"
+        )
+    if not isinstance(prompts, (list, tuple)):
+        raise RewardInputError(f"{who}: expected prompts as a list of strings, found {type(prompts).__name__}")
+    if not all(isinstance(p, str) for p in prompts):
+        bad = next(p for p in prompts if not isinstance(p, str))
+        raise RewardInputError(f"{who}: expected prompts as a list of strings, found an item of type {type(bad).__name__}")
+    if len(prompts) == 0:
+        raise RewardInputError(f"{who}: expected one prompt per video, found an empty prompt list")
+    batch, frames = video.shape[:2]
+    if len(prompts) != batch:
+        raise RewardInputError(f"{who}: expected {batch} prompts (one per video, B={batch}), found {len(prompts)}")
+    if frames < min_frames:
+        raise RewardInputError(f"{who}: expected at least {min_frames} frames per video, found {frames}")
+    if video.numel() == 0:
+        raise RewardInputError(f"{who}: expected a non-empty video, found shape {tuple(video.shape)}")
+    lo, hi = (float(v) for v in torch.aminmax(video.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise RewardInputError(f"{who}: expected finite pixel values in [0, 1], found NaN or inf")
+    if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+        hint = " — this looks like 0..255 pixels: divide by 255" if hi > 1.5 else ""
+        raise RewardInputError(
+            f"{who}: expected pixel values in [0, 1], found min {lo:.4g} max {hi:.4g}{hint}"
+        )
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The H, W after resizing the shorter side to ``size``, rounded as torchvision does (truncation)."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def preprocess_images(
+    images: Tensor,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic",
+    *,
+    match_pil: bool = False,
+) -> Tensor:
+    """Differentiable CLIP preprocessing: resize shorter side, center-crop, normalise.
+
+    images: N,3,H,W float in [0, 1] (any float dtype) -> N,3,size,size float32,
+    normalised as (x - mean) / std. Equals torchvision.transforms.v2
+    ``Resize(size, interpolation, antialias=True) + CenterCrop(size) + Normalize(mean, std)``
+    on float tensors, and approximates open_clip's PIL pipeline on uint8 images to about
+    one uint8 level on smooth images (measured in tests/rewards/test_base.py).
+
+    match_pil: resample width first, then height, clipping to [0, 1] after each pass,
+    as PIL does on uint8 images. Bicubic overshoot at hard edges and in noise otherwise
+    differs from PIL by up to ~0.5 (normalised units); with it, by about one uint8 level
+    everywhere. Clipped pixels pass no gradient. Off by default (torchvision parity).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"preprocess_images: expected images N,3,H,W, found shape {tuple(images.shape)}")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"preprocess_images: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
+    # float32 always: antialiased interpolation has no half-precision CPU kernel, and
+    # resampling in low precision costs accuracy for no speed at these sizes.
+    x = images.float()
+    height, width = x.shape[-2:]
+    new_h, new_w = resized_shape(height, width, size)
+    if match_pil:
+        if new_w != width:
+            x = F.interpolate(x, size=(height, new_w), mode=interpolation, align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
+        if new_h != height:
+            x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
+    elif (new_h, new_w) != (height, width):  # same skip as torchvision (bicubic at scale 1 is exact anyway)
+        x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=True)
+    top = int(round((new_h - size) / 2.0))  # torchvision's center-crop anchor
+    left = int(round((new_w - size) / 2.0))
+    x = x[..., top : top + size, left : left + size]
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
