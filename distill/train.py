@@ -30,7 +30,7 @@ from distill.objectives.base import Batch, Objective
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
 from turbo.lora import save_lora
-from turbo.sampling import sample_consistency, sample_teacher
+from turbo.sampling import sample_teacher
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.video import write_video
@@ -175,24 +175,24 @@ def train(run: Run) -> None:
 # --- the end of a run ---------------------------------------------------------------------------
 @torch.no_grad()
 def sample_videos(run: Run) -> dict:
-    """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed."""
+    """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed. Returns
+    seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart)."""
     s, d = run.cfg.samples, run.cfg.data
     shape = run.vae.latent_shape(d.num_frames, d.height, d.width)
     cond, uncond = run.text(list(s.prompts)), run.text([""] * len(s.prompts))
+    samplers = {
+        "teacher": lambda gen: sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps,
+                                              s.teacher_guidance, gen),
+        "student": lambda gen: run.objective.sample(cond, shape, s.student_steps, gen, guidance=s.student_guidance),
+    }
     timings = {}
-    grid = getattr(run.objective, "grid", None)
-    for who in ("teacher", "student"):
-        gen = torch.Generator().manual_seed(s.seed)
+    for who, sample in samplers.items():
         t0 = time.perf_counter()
-        if who == "teacher":
-            latents = sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps, s.teacher_guidance, gen)
-        else:
-            latents = sample_consistency(run.denoiser, cond, shape, s.student_steps, gen,
-                                         grid_steps=len(grid) if grid is not None else 50,
-                                         guidance=s.student_guidance,
-                                         boundary=getattr(run.objective, "boundary"))
-        videos = run.vae.decode(latents)
+        latents = sample(torch.Generator().manual_seed(s.seed))
         timings[who] = (time.perf_counter() - t0) / len(s.prompts)
+        t0 = time.perf_counter()
+        videos = run.vae.decode(latents)
+        timings["decode"] = (time.perf_counter() - t0) / len(s.prompts)
         for i, (prompt, video) in enumerate(zip(s.prompts, videos)):
             write_video(run.out.path / "samples" / f"{who}_{i:02d}_{prompt.replace(' ', '_')[:60]}.mp4", video, fps=s.fps)
     return timings

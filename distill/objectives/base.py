@@ -51,6 +51,11 @@ class Objective(Protocol):
         """Parameter groups by name ("student", "critic"), each stepped by its own optimizer."""
         ...
 
+    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
+               guidance: float | None = None) -> Tensor:
+        """The student's own few-step sampler (latents B,C,F,H,W, B = len(cond))."""
+        ...
+
     def after_step(self, group: str) -> None:
         """Called after the optimizer of ``group`` stepped (EMA targets update here)."""
         ...

@@ -40,8 +40,12 @@ def test_zero_init_student_equals_teacher_and_base_is_shared():
     assert all(not p.requires_grad for p in base.values())
     lora = [p for n, p in d.backbone.named_parameters() if "lora_" in n]
     assert sum(p.numel() for p in lora) < 0.5 * sum(p.numel() for p in base.values())
+    # one copy: the base parameters of a denoiser with two roles are exactly those of a bare model
+    assert sum(p.numel() for p in base.values()) == sum(p.numel() for p in tiny_wan(seed=0).parameters())
     ptrs = {p.data_ptr() for p in base.values()}
-    assert len(ptrs) == len(base)  # no duplicated base tensors were created for the roles
+    for role in ("teacher", "student", "critic", {"critic": 0.5}):
+        d(x, t, cond, role=role)
+    assert {p.data_ptr() for n, p in d.backbone.named_parameters() if "lora_" not in n} == ptrs
 
 
 def test_roles_differ_once_trained_and_teacher_stays_fixed():
