@@ -84,9 +84,11 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     if dataset.has_videos:
         vae.check_video_size(cfg.data.num_frames, cfg.data.height, cfg.data.width)
 
-    optimizers = {name: accelerator.prepare(torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas),
-                                                               weight_decay=cfg.train.weight_decay))
-                  for name, params in objective.trainable().items()}
+    optimizers = {}
+    for group, params in objective.trainable().items():
+        o = objective.optim[group]
+        optimizers[group] = accelerator.prepare(
+            torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"]))
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers)
     if cfg.resume:
         run.step = out.load_latest(denoiser, optimizers)
@@ -107,7 +109,9 @@ def load_batch(run: Run, step: int) -> Batch:
     prompts = items["prompt"]
     device = run.accelerator.device
     latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
-    return Batch(prompts, run.text(prompts), run.text([""] * len(prompts)), latents)
+    d = run.cfg.data
+    shape = run.vae.latent_shape(d.num_frames, d.height, d.width)
+    return Batch(prompts, run.text(prompts), run.text([""] * len(prompts)), shape, latents)
 
 
 def step_generator(run: Run, step: int) -> torch.Generator:
@@ -128,7 +132,7 @@ def optimise(run: Run, group: str, losses, metrics: dict) -> None:
         for p in params:
             if p.grad is not None:
                 p.grad = run.accelerator.reduce(p.grad, reduction="mean")
-    norm = torch.nn.utils.clip_grad_norm_(params, run.cfg.train.grad_clip)
+    norm = torch.nn.utils.clip_grad_norm_(params, run.objective.optim[group]["grad_clip"])
     run.optimizers[group].step()
     run.objective.after_step(group)
     metrics[f"{group}/loss"] = float(total.detach())
@@ -137,21 +141,22 @@ def optimise(run: Run, group: str, losses, metrics: dict) -> None:
 
 
 def train_step(run: Run, step: int) -> dict:
+    """One iteration: each group the objective schedules for this step gets its loss and its
+    optimizer step; reward feedback joins the student's loss."""
     metrics: dict = {"step": step + 1}
     gen = step_generator(run, step)
     batch = load_batch(run, step)
-    with run.accelerator.autocast():
-        critic = run.objective.critic_loss(batch, step, gen)
-    if critic is not None:
-        optimise(run, "critic", critic, metrics)
-    with run.accelerator.autocast():
-        losses = run.objective.generator_loss(batch, step, gen)
-        if losses.terms and run.feedback and losses.x0 is not None:
-            reward = run.feedback(losses.x0, batch.prompts, gen)
-            losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
-            metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
-    if losses.terms:
-        optimise(run, "student", losses, metrics)
+    for group in run.objective.updates(step):
+        with run.accelerator.autocast():
+            if group == "critic":
+                losses = run.objective.critic_loss(batch, step, gen)
+            else:
+                losses = run.objective.generator_loss(batch, step, gen)
+                if run.feedback and losses.x0 is not None:
+                    reward = run.feedback(losses.x0, batch.prompts, gen)
+                    losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
+                    metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
+        optimise(run, group, losses, metrics)
     return metrics
 
 

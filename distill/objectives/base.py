@@ -1,30 +1,46 @@
 """What every distillation objective provides, and what it is handed.
 
-The training loop knows nothing objective-specific: it asks an objective for its losses, its
-trainable parameter groups and whether it needs real videos, and follows. Adding an objective is
-one file here plus one ``conf/objective/*.yaml``.
+The training loop knows nothing objective-specific. An objective declares
+
+- ``trainable()``: its parameter groups ("student", "critic"), each stepped by its own AdamW with
+  the settings in ``optim[group]`` (``objective.optim.<group>.{lr, betas, weight_decay, grad_clip}``);
+- ``updates(step)``: which groups step at ``step``, in order (two time-scale rules live here);
+- ``needs_videos``: whether its losses read real latents (the loop refuses prompt-only data then);
+- ``generator_loss`` / ``critic_loss``: the losses of those groups; ``sample``: its student sampler;
+
+and the loop follows. Adding an objective is one file here plus one ``conf/objective/*.yaml``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Mapping, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from turbo.denoiser import Denoiser, Role
 from turbo.text import TextCond
+
+OPTIM_KEYS = {"lr", "betas", "weight_decay", "grad_clip"}
+DEFAULT_OPTIM = {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
 
 
 @dataclass
 class Batch:
     """One training batch. ``latents``: B,C,F,H,W normalised VAE latents of real videos (None for
-    prompt-only data); ``cond`` / ``uncond``: text conditioning of the prompts and of ""."""
+    prompt-only data); ``latent_shape``: C,F,H,W of one latent (what generators sample);
+    ``cond`` / ``uncond``: text conditioning of the prompts and of ""."""
 
     prompts: list[str]
     cond: TextCond
     uncond: TextCond
+    latent_shape: tuple[int, ...]
     latents: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
 
 
 @dataclass
@@ -41,15 +57,16 @@ class Losses:
 
 class Objective(Protocol):
     name: str
-    needs_videos: bool  # the generator loss reads ``batch.latents``
+    needs_videos: bool
+    optim: dict[str, dict[str, Any]]
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]: ...
+
+    def updates(self, step: int) -> list[str]: ...
 
     def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
 
-    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses | None: ...
-
-    def trainable(self) -> dict[str, list[nn.Parameter]]:
-        """Parameter groups by name ("student", "critic"), each stepped by its own optimizer."""
-        ...
+    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
 
     def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
                guidance: float | None = None) -> Tensor:
@@ -59,3 +76,34 @@ class Objective(Protocol):
     def after_step(self, group: str) -> None:
         """Called after the optimizer of ``group`` stepped (EMA targets update here)."""
         ...
+
+
+def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> dict[str, dict[str, Any]]:
+    """Validate ``objective.optim``: exactly one entry per trainable group, each with OPTIM_KEYS.
+    ``None`` (objectives built in code) gives every group DEFAULT_OPTIM."""
+    if optim is None:
+        optim = {g: DEFAULT_OPTIM for g in groups}
+    optim = {k: dict(v) for k, v in optim.items()}
+    if set(optim) != set(groups):
+        raise ValueError(f"objective.optim must have one entry per trainable group {groups}, found {sorted(optim)}")
+    for group, o in optim.items():
+        if set(o) != OPTIM_KEYS:
+            raise ValueError(f"objective.optim.{group} must have keys {sorted(OPTIM_KEYS)}, found {sorted(o)}")
+        o["betas"] = tuple(o["betas"])
+    return optim
+
+
+def noise_like(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Gaussian noise of x's shape drawn from a CPU generator (reproducible on any device)."""
+    return torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+
+
+def denoising_loss(denoiser: Denoiser, x0: Tensor, cond: TextCond, role: Role, generator: torch.Generator,
+                   lo: int = 0, hi: int | None = None) -> Tensor:
+    """The ordinary diffusion loss of the schedule in use: t ~ U[lo, hi), x_t = add_noise(x0, eps, t),
+    MSE between the raw output of ``role`` and ``schedule.target`` (eps / v for VP, velocity for flow)."""
+    schedule = denoiser.schedule
+    t = schedule.sample_t(x0.shape[0], lo, hi, generator=generator, device=x0.device)
+    noise = noise_like(x0, generator)
+    pred = denoiser(schedule.add_noise(x0, noise, t), t, cond, role=role)
+    return F.mse_loss(pred.out.float(), schedule.target(x0, noise, t).float())

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses
+from distill.objectives.base import Batch, Losses, check_optim, noise_like
 from turbo.denoiser import Denoiser
 from turbo.sampling import sample_consistency
 from turbo.schedule import ConsistencyBoundary
@@ -34,7 +34,7 @@ class ConsistencyDistillation:
     def __init__(self, denoiser: Denoiser, num_ddim_timesteps: int = 50, skip: int | None = None,
                  w_min: float = 5.0, w_max: float = 15.0, loss: str = "huber", huber_c: float = 0.001,
                  sigma_data: float = 0.5, timestep_scaling: float = 10.0, ema_decay: float | None = None,
-                 student: str = "student"):
+                 optim: dict | None = None, student: str = "student"):
         T = denoiser.schedule.num_train_timesteps
         if not 1 <= num_ddim_timesteps <= T:
             raise ValueError(f"objective.num_ddim_timesteps must be in 1..{T}, found {num_ddim_timesteps}")
@@ -47,6 +47,7 @@ class ConsistencyDistillation:
         if student not in denoiser.adapters:
             raise ValueError(f"objective.student={student!r} is not an adapter of the denoiser ({denoiser.adapters})")
         self.denoiser = denoiser
+        self.optim = check_optim(optim, ["student"])
         self.grid = denoiser.schedule.ddim_grid(num_ddim_timesteps)
         self.skip = T // num_ddim_timesteps if skip is None else skip
         if self.skip < 1:
@@ -69,7 +70,7 @@ class ConsistencyDistillation:
         b, device = x0.shape[0], x0.device
         t_start = self.grid[torch.randint(0, len(self.grid), (b,), generator=generator)].to(device)
         t = (t_start - self.skip).clamp(min=0)
-        noise = torch.randn(x0.shape, generator=generator).to(device, x0.dtype)
+        noise = noise_like(x0, generator)
         x_start = self.denoiser.schedule.add_noise(x0, noise, t_start)
         w = (self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator)).to(device)
 
@@ -96,8 +97,11 @@ class ConsistencyDistillation:
             return torch.mean(torch.sqrt((f.float() - target.float()) ** 2 + self.huber_c ** 2) - self.huber_c)
         return F.mse_loss(f.float(), target.float())
 
-    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses | None:
-        return None  # CD has no critic
+    def updates(self, step: int) -> list[str]:
+        return ["student"]
+
+    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
+        raise RuntimeError("consistency distillation has no critic")  # updates() never asks for it
 
     def trainable(self) -> dict[str, list[nn.Parameter]]:
         return {"student": self.denoiser.adapter_parameters(self.student)}

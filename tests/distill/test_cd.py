@@ -28,7 +28,7 @@ def _batch(shape, b=2, seed=0):
     enc = tiny_text_encoder(seed=0)
     prompts = ["a red circle moving left", "a green square moving up"][:b]
     x0 = torch.randn(b, *shape, generator=torch.Generator().manual_seed(seed))
-    return Batch(prompts, enc(prompts), enc([""] * b), x0)
+    return Batch(prompts, enc(prompts), enc([""] * b), tuple(shape), x0)
 
 
 def _teacher_raw(d, x, t, cond):
