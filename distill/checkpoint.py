@@ -61,12 +61,13 @@ class RunDir:
         steps = sorted(self.checkpoints.glob("step_*")) if self.checkpoints.exists() else []
         return steps[-1] if steps else None
 
-    def save_checkpoint(self, step: int, denoiser: Denoiser, optimizers: dict, keep: int) -> Path:
+    def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizers: dict, keep: int) -> Path:
         folder = self.checkpoints / f"step_{step:06d}"
         with atomic_dir(folder) as tmp:
             for name in denoiser.adapters:
                 save_lora(denoiser, name, tmp / name)
             torch.save({"step": step,
+                        "objective": objective.extra_state(),
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -75,11 +76,12 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
-    def load_latest(self, denoiser: Denoiser, optimizers: dict) -> int:
+    def load_latest(self, denoiser: Denoiser, objective, optimizers: dict) -> int:
         folder = self.latest()
         state = torch.load(folder / "training_state.pt", weights_only=False)
         for name in denoiser.adapters:
             load_lora(denoiser, name, folder / name)
+        objective.load_extra_state(state["objective"])
         for k, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
         torch.set_rng_state(state["torch_rng"])

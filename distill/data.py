@@ -116,7 +116,7 @@ class VideoFolderDataset(Dataset):
         video, _ = read_video(path, num_frames=self.num_frames)
         if video.shape[0] < self.num_frames:
             found = video.shape[0]
-            raise ValueError(f"{path}: expected at least {self.num_frames} frames (data.num_frames), found {found}")
+            raise ValueError(f"{path}: expected at least {self.num_frames} frames (video.num_frames), found {found}")
         return {"prompt": caption, "video": resize_center_crop(video, self.height, self.width)}
 
 

@@ -35,8 +35,8 @@ from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.video import write_video
 
-TOP_LEVEL_KEYS = {"model", "objective", "reward", "data", "seed", "device", "precision", "resume", "overwrite",
-                  "student", "train", "samples"}
+TOP_LEVEL_KEYS = {"model", "objective", "reward", "data", "video", "seed", "device", "precision", "resume",
+                  "overwrite", "student", "train", "samples"}
 
 
 @dataclass
@@ -81,8 +81,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     if objective.needs_videos and not dataset.has_videos:
         raise ConfigError(f"objective={objective.name} needs real videos, but data ({type(dataset).__name__}) "
                           f"gives prompts only")
-    if dataset.has_videos:
-        vae.check_video_size(cfg.data.num_frames, cfg.data.height, cfg.data.width)
+    vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
 
     optimizers = {}
     for group, params in objective.trainable().items():
@@ -91,7 +90,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
             torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"]))
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers)
     if cfg.resume:
-        run.step = out.load_latest(denoiser, optimizers)
+        run.step = out.load_latest(denoiser, objective, optimizers)
         run.history = out.read_metrics(upto=run.step)
     out.write_config(OmegaConf.to_yaml(cfg, resolve=True))
     return run
@@ -109,8 +108,8 @@ def load_batch(run: Run, step: int) -> Batch:
     prompts = items["prompt"]
     device = run.accelerator.device
     latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
-    d = run.cfg.data
-    shape = run.vae.latent_shape(d.num_frames, d.height, d.width)
+    v = run.cfg.video
+    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
     return Batch(prompts, run.text(prompts), run.text([""] * len(prompts)), shape, latents)
 
 
@@ -174,7 +173,7 @@ def train(run: Run) -> None:
             run.out.append_metrics(metrics)
             bar.set_postfix(loss=f"{metrics.get('student/loss', float('nan')):.4f}")
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-                run.out.save_checkpoint(run.step, run.denoiser, run.optimizers, keep=cfg.keep_checkpoints)
+                run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints)
 
 
 # --- the end of a run ---------------------------------------------------------------------------
@@ -182,8 +181,8 @@ def train(run: Run) -> None:
 def sample_videos(run: Run) -> dict:
     """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed. Returns
     seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart)."""
-    s, d = run.cfg.samples, run.cfg.data
-    shape = run.vae.latent_shape(d.num_frames, d.height, d.width)
+    s, v = run.cfg.samples, run.cfg.video
+    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
     cond, uncond = run.text(list(s.prompts)), run.text([""] * len(s.prompts))
     samplers = {
         "teacher": lambda gen: sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps,

@@ -224,6 +224,8 @@ class Denoiser(nn.Module):
         """Classifier-free guidance, Imagen form ``u + scale * (c - u)`` on the raw output (hence on
         x0 and eps, which are linear in it). LCM's ``x0_c + w (x0_c - x0_u)`` is ``scale = 1 + w``.
         Conditional and unconditional halves run as one batch."""
+        if isinstance(scale, (int, float)) and scale == 1.0:  # no guidance: skip the unconditional half
+            return self(x_t, t, cond, role=role, guidance=guidance)
         t = _batch_t(t, x_t)
         both = self(torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([uncond, cond]), role=role,
                     guidance=None if guidance is None else torch.cat([guidance, guidance]))

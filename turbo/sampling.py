@@ -61,3 +61,33 @@ def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...
         else:
             x = denoised
     return x
+
+
+
+def _fixed_step_chain(denoiser: Denoiser, cond: TextCond, x: Tensor, timesteps: list[int], end: int | None,
+                      generator: torch.Generator, role: Role) -> Tensor:
+    """At each timestep predict x0, then re-noise it with fresh noise to the next timestep (or to
+    ``end`` after the last one; ``end=None`` returns the last x0)."""
+    for i, t in enumerate(timesteps):
+        x0 = denoiser(x, t, cond, role=role).x0
+        nxt = timesteps[i + 1] if i + 1 < len(timesteps) else end
+        x = x0 if nxt is None else denoiser.schedule.add_noise(x0, initial_noise(x.shape, generator, x.device), nxt)
+    return x
+
+
+@torch.no_grad()
+def sample_fixed_steps(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...], timesteps: list[int],
+                       generator: torch.Generator, role: Role = "student") -> Tensor:
+    """DMD2's multi-step student sampler on its fixed timestep list (e.g. 999, 749, 499, 249)."""
+    x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
+    return _fixed_step_chain(denoiser, cond, x, list(timesteps), None, generator, role)
+
+
+@torch.no_grad()
+def backward_simulation(denoiser: Denoiser, cond: TextCond, noise: Tensor, timesteps: list[int], k: int,
+                        generator: torch.Generator, role: Role = "student") -> Tensor:
+    """DMD2's backward simulation: the student's own noisy input at ``timesteps[k]``, made by running
+    its chain from ``noise`` over ``timesteps[:k]`` without gradients (k = 0: the noise itself)."""
+    if k == 0:
+        return noise
+    return _fixed_step_chain(denoiser, cond, noise, list(timesteps[:k]), timesteps[k], generator, role)

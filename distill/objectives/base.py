@@ -77,6 +77,12 @@ class Objective(Protocol):
         """Called after the optimizer of ``group`` stepped (EMA targets update here)."""
         ...
 
+    def extra_state(self) -> dict[str, Tensor]:
+        """Trained tensors that are not adapters (a GAN head), for checkpoints."""
+        ...
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
+
 
 def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> dict[str, dict[str, Any]]:
     """Validate ``objective.optim``: exactly one entry per trainable group, each with OPTIM_KEYS.

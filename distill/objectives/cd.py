@@ -129,6 +129,12 @@ class ConsistencyDistillation:
         for s, d in zip(src, dst, strict=True):
             d.lerp_(s, 1.0 - decay)
 
+    def extra_state(self) -> dict[str, Tensor]:
+        return {}  # the EMA target is an adapter: checkpointed with the others
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        pass
+
     def after_step(self, group: str) -> None:
         if self.ema_decay is not None and group == "student":
             self._ema_update(self.ema_decay)

@@ -116,7 +116,7 @@ def test_bad_input_gives_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="objective: .*unexpected keyword"):
         setup(cfg_for("+objective.huber_cc=0.1"), tmp_path / "e")
     with pytest.raises(ValueError, match="num_frames must be 1 \\+ 4k"):
-        setup(cfg_for("data.num_frames=8"), tmp_path / "f")
+        setup(cfg_for("video.num_frames=8"), tmp_path / "f")
 
 
 def test_non_video_file_names_the_file(tmp_path):
@@ -126,7 +126,7 @@ def test_non_video_file_names_the_file(tmp_path):
     (root / "notes.mp4").write_text("not a video")
     (root / "metadata.jsonl").write_text(json.dumps({"video": "ok.mp4", "caption": "a red circle moving left"}) + "\n"
                                          + json.dumps({"video": "notes.mp4", "caption": "a blue square moving up"}) + "\n")
-    cfg = cfg_for("data=videos", f"data.root={root}", "data.num_frames=9", "data.height=32", "data.width=32",
+    cfg = cfg_for("data=videos", f"data.root={root}", 
                   "train.batch_size=2")
     with pytest.raises(ValueError, match="notes.mp4"):
         run_training(cfg, tmp_path / "run")
