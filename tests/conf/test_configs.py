@@ -116,6 +116,14 @@ def test_cli_sweep_runs_two_jobs(tmp_path):
     assert {OmegaConf.load(p).objective.loss for p in losses} == {"huber", "l2"}
 
 
+def test_cli_sweep_over_objectives(tmp_path):
+    r = _cli(["-m", "experiment=smoke", "objective=cd,dmd2,w2s", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    configs = sorted((tmp_path / "sweep").glob("*/config.yaml"))
+    assert sorted(OmegaConf.load(p).objective._target_.rsplit(".", 1)[-1] for p in configs) == ["ConsistencyDistillation", "DMD2", "W2S"]
+    assert len(list((tmp_path / "sweep").glob("*/DONE"))) == 3
+
+
 def test_cli_unknown_key_is_one_clear_error(tmp_path):
     r = _cli(["experiment=smoke", "train.stepz=3", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode != 0
