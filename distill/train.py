@@ -83,11 +83,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                           f"gives prompts only")
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
 
-    optimizers = {}
-    for group, params in objective.trainable().items():
-        o = objective.optim[group]
-        optimizers[group] = accelerator.prepare(
-            torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"]))
+    optimizers = make_optimizers(objective, accelerator)
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers)
     if cfg.resume:
         run.step = out.load_latest(denoiser, objective, optimizers)
@@ -119,21 +115,32 @@ def step_generator(run: Run, step: int) -> torch.Generator:
 
 
 # --- one optimisation step ----------------------------------------------------------------------
-def optimise(run: Run, group: str, losses, metrics: dict) -> None:
+def make_optimizers(objective: Objective, accelerator: Accelerator) -> dict[str, torch.optim.Optimizer]:
+    """One AdamW per trainable group, with the objective's settings for it."""
+    optimizers = {}
+    for group, params in objective.trainable().items():
+        o = objective.optim[group]
+        optimizers[group] = accelerator.prepare(
+            torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"]))
+    return optimizers
+
+
+def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, group: str, losses,
+             metrics: dict) -> None:
     """Backward the summed loss, average gradients over processes, clip, step ``group``."""
-    params = run.objective.trainable()[group]
-    run.optimizers[group].zero_grad(set_to_none=True)
+    params = objective.trainable()[group]
+    optimizers[group].zero_grad(set_to_none=True)
     total = losses.total()
-    run.accelerator.backward(total)
+    accelerator.backward(total)
     # The objectives call the denoiser many times per step in several roles, which does not fit
     # DDP's one-forward contract, so gradients are averaged explicitly (a no-op on one process).
-    if run.accelerator.num_processes > 1:
+    if accelerator.num_processes > 1:
         for p in params:
             if p.grad is not None:
-                p.grad = run.accelerator.reduce(p.grad, reduction="mean")
-    norm = torch.nn.utils.clip_grad_norm_(params, run.objective.optim[group]["grad_clip"])
-    run.optimizers[group].step()
-    run.objective.after_step(group)
+                p.grad = accelerator.reduce(p.grad, reduction="mean")
+    norm = torch.nn.utils.clip_grad_norm_(params, objective.optim[group]["grad_clip"])
+    optimizers[group].step()
+    objective.after_step(group)
     metrics[f"{group}/loss"] = float(total.detach())
     metrics[f"{group}/grad_norm"] = float(norm)
     metrics.update({k: float(v.detach()) for k, v in losses.terms.items()})
@@ -155,7 +162,7 @@ def train_step(run: Run, step: int) -> dict:
                     reward = run.feedback(losses.x0, batch.prompts, gen)
                     losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
                     metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
-        optimise(run, group, losses, metrics)
+        optimise(run.objective, run.optimizers, run.accelerator, group, losses, metrics)
     return metrics
 
 

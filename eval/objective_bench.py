@@ -1,0 +1,106 @@
+"""What one training step of each objective costs: ``python -m eval.objective_bench``.
+
+For a tiny and a medium Wan-architecture model on CPU, prints the peak memory and the time of one
+training step of CD, DMD2 and W2S, and the peak memory of the shared-base DMD2 step against a
+layout that keeps three separate copies of the base weights (teacher, student, critic) as a ratio.
+
+Each measurement runs in a fresh subprocess, so the peak resident set size (``ru_maxrss``) belongs
+to that measurement alone; it is reported above the process's size after imports, so it counts
+weights, optimizer state and activations. The three-copy layout is emulated by holding two extra
+deep copies of the base weights beside the shared one, which is what such a layout adds (the
+adapters and activations are the same in both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SIZES = {  # WanTransformer3DModel arguments and the latent C,F,H,W of one sample
+    "tiny": (dict(num_layers=2, num_heads=2, head_dim=16, ffn_dim=64, text_dim=32), (16, 3, 8, 8)),
+    "medium": (dict(num_layers=8, num_heads=8, head_dim=64, ffn_dim=2048, text_dim=32), (16, 5, 16, 16)),
+}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
+    """Build, run one warm-up and one timed step; return peak MB above baseline and step seconds."""
+    from accelerate import Accelerator
+
+    from distill.objectives.base import Batch
+    from distill.objectives.cd import ConsistencyDistillation
+    from distill.objectives.dmd2 import DMD2
+    from distill.objectives.w2s import W2S
+    from distill.train import make_optimizers, optimise
+    from turbo.denoiser import Denoiser
+    from turbo.models import tiny_text_encoder, tiny_wan
+    from turbo.schedule import FlowSchedule
+
+    torch.set_num_threads(2)
+    text = tiny_text_encoder(seed=0)
+    cond, uncond = text(["a red circle moving left"] * batch), text([""] * batch)
+    base_mb = _rss_mb()
+    kwargs, shape = SIZES[size]
+    d = Denoiser(tiny_wan(seed=0, **kwargs), FlowSchedule(), "wan")
+    d.add_adapter("student", 8, 8, ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
+    copies = [copy.deepcopy(d.backbone) for _ in range(2)] if layout == "copies" else []
+    obj = {"cd": lambda: ConsistencyDistillation(d), "dmd2": lambda: DMD2(d, dfake_gen_update_ratio=1),
+           "w2s": lambda: W2S(d, dfake_gen_update_ratio=1)}[objective]()
+    acc = Accelerator(cpu=True)
+    opts = make_optimizers(obj, acc)
+    b = Batch(["p"] * batch, cond, uncond, shape, torch.randn(batch, *shape))
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(2):  # the first step allocates optimizer state: time the second
+        t0 = time.perf_counter()
+        for group in obj.updates(step):
+            losses = obj.critic_loss(b, step, g) if group == "critic" else obj.generator_loss(b, step, g)
+            optimise(obj, opts, acc, group, losses, {})
+        times.append(time.perf_counter() - t0)
+    base = sum(p.numel() for n, p in d.backbone.named_parameters() if "lora_" not in n)
+    peak = _rss_mb() - base_mb
+    assert len(copies) == (2 if layout == "copies" else 0)  # the copies stayed alive through the steps
+    return {"objective": objective, "size": size, "layout": layout, "peak_mb": peak,
+            "step_sec": times[-1], "base_params_m": base / 1e6}
+
+
+def _subprocess(objective: str, size: str, layout: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "eval.objective_bench", "--one", objective, size, layout],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--one", nargs=3, metavar=("OBJECTIVE", "SIZE", "LAYOUT"), help=argparse.SUPPRESS)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES))
+    a = p.parse_args()
+    if a.one:
+        print(json.dumps(measure(*a.one)))
+        return
+    rows = [_subprocess(o, s, "shared") for s in a.sizes for o in ("cd", "dmd2", "w2s")]
+    print("| size | base params (M) | objective | peak memory (MB) | step time (s) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']} | {r['base_params_m']:.2f} | {r['objective']} | {r['peak_mb']:.0f} | {r['step_sec']:.3f} |")
+    print()
+    print("| size | DMD2 shared base (MB) | three copies (MB) | copies / shared |")
+    print("|---|---|---|---|")
+    for s in a.sizes:
+        shared = next(r for r in rows if r["size"] == s and r["objective"] == "dmd2")
+        copies = _subprocess("dmd2", s, "copies")
+        print(f"| {s} | {shared['peak_mb']:.0f} | {copies['peak_mb']:.0f} | {copies['peak_mb'] / shared['peak_mb']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
