@@ -45,7 +45,18 @@ def fake_checkpoints(tmp_path_factory):
     from turbo.video import write_video
     write_video(videos / "a.mp4", torch.rand(17, 3, 64, 64))
     (videos / "metadata.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a red circle moving left"}) + "\n")
-    return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos)}
+    # reward stand-ins: HPSv2 and the aesthetic CLIP reuse the tiny open_clip file; a Linear head; a PickScore folder
+    torch.save(torch.nn.Linear(32, 1).state_dict(), root / "aesthetic_head.pt")
+    from transformers import CLIPImageProcessor
+    from rewards.pickscore import tiny_pickscore_reward
+    pick = tiny_pickscore_reward()
+    pick.model.clip.save_pretrained(root / "pickscore")
+    pick.hf_tokenizer.save_pretrained(root / "pickscore")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "pickscore")
+    return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos),
+            "reward.hpsv2.model.checkpoint": str(clip), "reward.aesthetic.model.clip_checkpoint": str(clip),
+            "reward.aesthetic.model.head_checkpoint": str(root / "aesthetic_head.pt"),
+            "reward.pickscore.model.path": str(root / "pickscore")}
 
 
 def _compose(overrides, hydra=False):
@@ -69,8 +80,8 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = _compose([f"{group}={name}"])
     overrides = _fill_missing(cfg, fake_checkpoints)
-    if group == "reward" and name == "clip":  # the real ViT-H-14 is too big for a test: same code, tiny arch
-        overrides.append("reward.clip.model.arch=TurboTest-CLIP")
+    if group == "reward" and name in ("clip", "hpsv2", "aesthetic"):  # real ViT-H/L-14 too big: same code, tiny arch
+        overrides.append(f"reward.{name}.model.arch=TurboTest-CLIP")
     cfg = _compose([f"{group}={name}", *overrides], hydra=group == "launcher")
     if group == "launcher":
         assert cfg.hydra.launcher._target_.split(".")[-1].lower().startswith(name if name != "slurm" else "slurm")
