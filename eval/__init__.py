@@ -1,5 +1,3 @@
-"""Evaluation: VBench / EvalCrafter harnesses, built-in metrics, speed benchmarks, sweep reports.
-
-Empty so far: the training run's own report (distill/checkpoint.py) times teacher against
-student; the harnesses arrive with their issues.
-"""
+"""Evaluation: ToyBench (the toy world's truthful benchmark), the known-target distillation
+experiment, per-objective cost benchmarks; VBench / EvalCrafter harnesses arrive with their issues.
+eval may import every other package; nothing imports eval."""
