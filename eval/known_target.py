@@ -46,8 +46,9 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 @dataclass
 class Settings:
     seed: int = 0
-    teacher_steps: int = 1500
-    student_steps: int = 300
+    teacher_steps: int = 800
+    student_steps: int = 400
+    lr: float = 1e-4
     batch: int = 128
     eval_samples: int = 512
     step_counts: tuple[int, ...] = (1, 2, 4)
@@ -115,10 +116,10 @@ def train_teacher(s: Settings, world: World, text) -> Denoiser:
     return d
 
 
-def build_objective(name: str, teacher: Denoiser, steps: int):
+def build_objective(name: str, teacher: Denoiser, steps: int, lr: float = 1e-4):
     d = copy.deepcopy(teacher)
     d.add_adapter("student", rank=8, alpha=8, target_modules=TARGETS)
-    adam = {"lr": 1e-3, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
+    adam = {"lr": lr, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
     if name == "cd":
         return ConsistencyDistillation(d, num_ddim_timesteps=50, w_min=0.0, w_max=0.0, optim={"student": adam})
     ts = [999, 749, 499, 249] if steps == 4 else [999, 499] if steps == 2 else [999]
@@ -167,7 +168,7 @@ def run(s: Settings) -> Report:
     for name in s.objectives:
         trainings = [None] if name == "cd" else list(s.step_counts)
         for steps in trainings:
-            obj = build_objective(name, teacher, steps or 4)
+            obj = build_objective(name, teacher, steps or 4, s.lr)
             counts = s.step_counts if steps is None else [steps]  # CD: one any-step student
             before = {n: distance(world, text, obj, n, s.eval_samples, 300) for n in counts}
             sec = distil(obj, world, text, s)
@@ -177,7 +178,9 @@ def run(s: Settings) -> Report:
 
 
 def to_markdown(r: Report) -> str:
-    lines = [f"Data-vs-data floor: {r.data_floor:.4f}; 50-step teacher (Euler, no CFG): {r.teacher_50_step:.4f}", "",
+    s = r.settings
+    lines = [f"Teacher {s.teacher_steps} steps; students {s.student_steps} steps at lr {s.lr:g}, batch {s.batch}, seed {s.seed}.",
+             f"Data-vs-data floor: {r.data_floor:.4f}; 50-step teacher (Euler, no CFG): {r.teacher_50_step:.4f}", "",
              "| objective | sampling steps | untrained student | trained student | ratio | sec / training step |",
              "|---|---|---|---|---|---|"]
     for x in r.results:
@@ -190,10 +193,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher-steps", type=int, default=Settings.teacher_steps)
     p.add_argument("--student-steps", type=int, default=Settings.student_steps)
+    p.add_argument("--lr", type=float, default=Settings.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the numbers to this file")
     a = p.parse_args()
-    report = run(Settings(seed=a.seed, teacher_steps=a.teacher_steps, student_steps=a.student_steps))
+    report = run(Settings(seed=a.seed, teacher_steps=a.teacher_steps, student_steps=a.student_steps, lr=a.lr))
     print(to_markdown(report))
     if a.json:
         with open(a.json, "w") as f:
