@@ -53,10 +53,20 @@ def fake_checkpoints(tmp_path_factory):
     pick.model.clip.save_pretrained(root / "pickscore")
     pick.hf_tokenizer.save_pretrained(root / "pickscore")
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "pickscore")
+    # video rewards: the tiny models saved under ['model'] like the official files, a tiny BERT vocab
+    from rewards.internvideo2 import TINY_VOCAB, tiny_internvideo2_model
+    from rewards.viclip import tiny_viclip_model
+    torch.save({"model": tiny_viclip_model().state_dict()}, root / "viclip.pth")
+    torch.save({"model": tiny_internvideo2_model().state_dict()}, root / "internvideo2.pth")
+    (root / "bert").mkdir()
+    (root / "bert" / "vocab.txt").write_text("\n".join(TINY_VOCAB))
     return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos),
             "reward.hpsv2.model.checkpoint": str(clip), "reward.aesthetic.model.clip_checkpoint": str(clip),
             "reward.aesthetic.model.head_checkpoint": str(root / "aesthetic_head.pt"),
-            "reward.pickscore.model.path": str(root / "pickscore")}
+            "reward.pickscore.model.path": str(root / "pickscore"),
+            "reward.viclip.model.checkpoint": str(root / "viclip.pth"),
+            "reward.internvideo2.model.checkpoint": str(root / "internvideo2.pth"),
+            "reward.internvideo2.model.tokenizer_path": str(root / "bert")}
 
 
 def _compose(overrides, hydra=False):
@@ -82,6 +92,8 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
     overrides = _fill_missing(cfg, fake_checkpoints)
     if group == "reward" and name in ("clip", "hpsv2", "aesthetic"):  # real ViT-H/L-14 too big: same code, tiny arch
         overrides.append(f"reward.{name}.model.arch=TurboTest-CLIP")
+    if group == "reward" and name in ("viclip", "internvideo2"):  # full-size towers too big: same code, tiny size
+        overrides.append(f"reward.{name}.model.size=tiny")
     cfg = _compose([f"{group}={name}", *overrides], hydra=group == "launcher")
     if group == "launcher":
         assert cfg.hydra.launcher._target_.split(".")[-1].lower().startswith(name if name != "slurm" else "slurm")

@@ -1,0 +1,181 @@
+"""Video-text dual-encoder rewards (ViCLIP, InternVideo2): preprocessing and the reward wrapper.
+
+score(video, prompt) = cos(E_video(preprocess(video)), E_text(prompt))
+
+Unlike the image rewards, the clip is scored as a whole: the video encoder attends over
+all frames at once, so it can see motion. The video side is differentiable end to end;
+text features are computed without gradients and cached per prompt string.
+
+Preprocessing follows the reference pipelines: InternVid's and InternVideo2's dataset test
+transforms squash each uint8 frame to S x S with ``transforms.Resize((S, S), BICUBIC)``
+(torchvision 0.14 in InternVideo2's requirements, where tensor resizing did not antialias),
+then divide by 255 and normalise with ImageNet statistics. (The InternVid demo uses
+cv2.resize, bilinear, also squashing; T2V-Turbo resizes the shorter side and takes a
+random crop, which would make the reward stochastic: not reproduced.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rewards.base import RewardInputError, check_video
+
+# ImageNet statistics: the InternVid / InternVideo2 datasets normalise "vit" / "internvideo" encoders with these.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+Interpolation = Literal["bicubic", "bilinear"]
+
+
+def preprocess_frames(
+    images: Tensor,
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    interpolation: Interpolation = "bicubic",
+    antialias: bool = False,
+    clamp: bool = True,
+) -> Tensor:
+    """Differentiable frame preprocessing: squash to size x size, clamp, normalise.
+
+    images: N,3,H,W float in [0, 1] (any float dtype) -> N,3,size,size float32, (x - mean) / std.
+    The aspect ratio is not kept, as in the reference transforms.
+
+    With ``clamp=False`` this equals torchvision ``Resize((size, size), interpolation,
+    antialias) + Normalize(mean, std)`` on float tensors. ``clamp=True`` (default) clips the
+    resized frame to [0, 1] as the reference's uint8 frames saturate, so bicubic overshoot at
+    hard edges matches too (clipped pixels pass no gradient). ``antialias=False`` (default)
+    is how the references ran; set True when downscaling by much more than 2x, where the
+    4-tap kernel leaves pixels that get no gradient.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"preprocess_frames: expected images N,3,H,W, found shape {tuple(images.shape)}")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"preprocess_frames: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
+    # float32 always: antialiased interpolation has no half-precision CPU kernel (see preprocess_images).
+    x = images.float()
+    if tuple(x.shape[-2:]) != (size, size):  # torchvision skips the no-op resize too
+        x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=antialias)
+        if clamp:
+            x = x.clamp(0, 1)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
+class VideoTextModel(Protocol):
+    """What :class:`VideoTextReward` needs from a dual encoder."""
+
+    def encode_video(self, pixels: Tensor) -> Tensor:
+        """B,T,3,S,S normalised pixels -> B,D features (not normalised)."""
+        ...
+
+    def encode_text(self, tokens: Any) -> Tensor:
+        """The tokenizer's output for B prompts -> B,D features (not normalised)."""
+        ...
+
+
+Tokenizer = Callable[[list[str]], Any]  # N strings -> a Tensor or a mapping of Tensors
+
+
+def _to_device(tokens: Any, device: torch.device) -> Any:
+    if isinstance(tokens, Tensor):
+        return tokens.to(device)
+    if isinstance(tokens, Mapping):
+        return {k: v.to(device) for k, v in tokens.items()}
+    raise TypeError(f"tokenizer output must be a Tensor or a mapping of Tensors, found {type(tokens).__name__}")
+
+
+class VideoTextReward(nn.Module):
+    """A frozen video-text dual encoder scoring whole clips by cosine similarity.
+
+    forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores in
+    [-1, 1], differentiable w.r.t. ``video``. F must equal ``num_frames``: the encoders'
+    temporal position embeddings have exactly that many slots, and the reference code
+    fails on any other count; which frames to score is the mixture's job (``frames``,
+    ``stride``), as frames2tensor's strided sampling is in the InternVid demo.
+    Parameters never require grad; the model stays in eval mode. ``model`` is frozen in place.
+    """
+
+    kind: Literal["video"] = "video"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        *,
+        num_frames: int,
+        image_size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: Interpolation = "bicubic",
+        antialias: bool = False,
+        clamp: bool = True,
+        name: str,
+    ) -> None:
+        super().__init__()
+        if num_frames < 1:
+            raise ValueError(f"reward '{name}': num_frames must be >= 1, found {num_frames}")
+        self.name = name
+        self.model = model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.num_frames = int(num_frames)
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"reward '{name}': interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
+        self.interpolation = interpolation
+        self.antialias = antialias
+        self.clamp = clamp
+        self._text_cache: dict[str, Tensor] = {}  # prompt -> normalised float32 features (D,)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "VideoTextReward":
+        # A reward is a fixed function: dropout must never switch on.
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.half()/.cuda(): cached features would be on the wrong device or dtype.
+        self._text_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def text_features(self, prompts: Sequence[str]) -> Tensor:
+        """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
+        if missing:
+            device = next(self.model.parameters()).device
+            with torch.no_grad():
+                feats = self.model.encode_text(_to_device(self.tokenizer(missing), device))
+                feats = F.normalize(feats.float(), dim=-1)
+            self._text_cache.update(zip(missing, feats))
+        # stack() copies: features cached under inference_mode can still join a later autograd graph.
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+    def video_features(self, video: Tensor) -> Tensor:
+        """B,F,3,H,W float in [0, 1] -> B,D float32 L2-normalised video features (with grad)."""
+        batch, frames = video.shape[:2]
+        pixels = preprocess_frames(
+            video.flatten(0, 1), self.image_size, self.mean, self.std,
+            interpolation=self.interpolation, antialias=self.antialias, clamp=self.clamp,
+        ).unflatten(0, (batch, frames))
+        dtype = next(self.model.parameters()).dtype  # fp16/bf16 weights want matching input
+        return F.normalize(self.model.encode_video(pixels.to(dtype)).float(), dim=-1)
+
+    def forward(self, video: Tensor, prompts: list[str]) -> Tensor:
+        """video: B,F,3,H,W float in [0, 1] with F == num_frames; prompts: B strings -> B float32 cosines."""
+        who = f"reward '{self.name}'"
+        check_video(video, prompts, who=who)
+        if video.shape[1] != self.num_frames:
+            raise RewardInputError(
+                f"{who}: expected exactly {self.num_frames} frames per video (the model has "
+                f"{self.num_frames} temporal position slots; set the term's frames to {self.num_frames}), "
+                f"found {video.shape[1]}"
+            )
+        return (self.video_features(video) * self.text_features(prompts)).sum(-1)
