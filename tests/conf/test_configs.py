@@ -90,10 +90,13 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = _compose([f"{group}={name}"])
     overrides = _fill_missing(cfg, fake_checkpoints)
-    if group == "reward" and name in ("clip", "hpsv2", "aesthetic"):  # real ViT-H/L-14 too big: same code, tiny arch
-        overrides.append(f"reward.{name}.model.arch=TurboTest-CLIP")
-    if group == "reward" and name in ("viclip", "internvideo2"):  # full-size towers too big: same code, tiny size
-        overrides.append(f"reward.{name}.model.size=tiny")
+    if group == "reward":  # full-size towers are too big for a test: same code, tiny architectures
+        for term in [k for k in cfg.reward if not k.startswith("_")]:
+            model = cfg.reward[term].model
+            if "arch" in model:
+                overrides.append(f"reward.{term}.model.arch=TurboTest-CLIP")
+            if "size" in model:
+                overrides.append(f"reward.{term}.model.size=tiny")
     cfg = _compose([f"{group}={name}", *overrides], hydra=group == "launcher")
     if group == "launcher":
         assert cfg.hydra.launcher._target_.split(".")[-1].lower().startswith(name if name != "slurm" else "slurm")
