@@ -1,8 +1,9 @@
 """``turbo-train``: distil a teacher into a few-step LoRA student. Reads top to bottom:
 
     setup()  config -> models, objective, reward feedback, data, optimizers (one shared base)
-    train()  for each step: batch -> critic loss (if any) -> generator loss + reward feedback
-             -> backward -> clip -> step -> metrics line -> checkpoint (atomic)
+    train()  for each step: batch -> for each group the objective schedules (student, critic):
+             its loss (+ reward feedback for the student) -> backward -> clip -> step
+             -> metrics line -> checkpoint (atomic)
     finish() final LoRA, teacher vs student samples (mp4), report.md, DONE marker
 
 Randomness: every step draws from a generator seeded by (seed, step, rank) and the data order is
