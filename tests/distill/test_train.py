@@ -154,3 +154,20 @@ def test_prompt_only_data_trains_dmd2_and_is_refused_where_videos_are_needed(tmp
         setup(cfg_for("objective=w2s", "objective.gt_weight=0.1", "data=prompts"), tmp_path / "gt")
     with pytest.raises(ConfigError, match="needs real videos"):
         setup(cfg_for("data=prompts"), tmp_path / "cd")
+
+
+def test_t2v_turbo_v1_mixture_trains_and_logs_each_term(tmp_path, fake_checkpoints):
+    """reward=t2v_turbo_v1 (HPSv2.1 x1 on 5 frames + InternVideo2 x2 on 8 frames) with tiny stand-ins
+    for the checkpoints: each term is logged on its own and their sum is the reward loss."""
+    from tests.conftest import tiny_reward_overrides
+
+    cfg = cfg_for("reward=t2v_turbo_v1", "train.steps=2")
+    fill = [f"{k}={fake_checkpoints[k]}" for k in ("reward.hpsv2.model.checkpoint", "reward.internvideo2.model.checkpoint",
+                                                  "reward.internvideo2.model.tokenizer_path")]
+    cfg = cfg_for("reward=t2v_turbo_v1", "train.steps=2", *fill, *tiny_reward_overrides(cfg))
+    run_training(cfg, tmp_path)
+    row = metrics(tmp_path)[0]
+    assert {"reward/hpsv2", "reward/internvideo2", "score/hpsv2", "score/internvideo2"} <= set(row)
+    assert row["reward/hpsv2"] == pytest.approx(-1.0 * row["score/hpsv2"], rel=1e-5)
+    assert row["reward/internvideo2"] == pytest.approx(-2.0 * row["score/internvideo2"], rel=1e-5)
+    assert row["student/loss"] == pytest.approx(row["cd"] + row["reward/hpsv2"] + row["reward/internvideo2"], rel=1e-5)

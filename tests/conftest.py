@@ -1,0 +1,74 @@
+"""Shared fixtures: local stand-ins for the checkpoints real configs point at."""
+
+import json
+
+import pytest
+import torch
+
+from turbo.models import tiny_text_encoder, tiny_wan, tiny_wan_vae
+
+
+@pytest.fixture(scope="session")
+def fake_checkpoints(tmp_path_factory):
+    """Local stand-ins for what real configs point at: a diffusers-format Wan folder built from the
+    tiny models, an open_clip checkpoint file, a video folder."""
+    root = tmp_path_factory.mktemp("ckpts")
+    wan = root / "wan"
+    tiny_wan().save_pretrained(wan / "transformer")
+    tiny_wan_vae().vae.save_pretrained(wan / "vae")
+    enc = tiny_text_encoder()
+    enc.model.save_pretrained(wan / "text_encoder")
+    enc.tokenizer.save_pretrained(wan / "tokenizer")
+    # a tiny open_clip architecture registered under a name, so the real loading path runs
+    import open_clip
+    (root / "arch").mkdir()
+    (root / "arch" / "TurboTest-CLIP.json").write_text(json.dumps({
+        "embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}))
+    open_clip.add_model_config(root / "arch")
+    clip = root / "clip.pt"
+    torch.save(open_clip.create_model("TurboTest-CLIP").state_dict(), clip)
+    videos = root / "videos"
+    videos.mkdir()
+    from turbo.video import write_video
+    write_video(videos / "a.mp4", torch.rand(17, 3, 64, 64))
+    (videos / "metadata.jsonl").write_text(json.dumps({"video": "a.mp4", "caption": "a red circle moving left"}) + "\n")
+    # reward stand-ins: HPSv2 and the aesthetic CLIP reuse the tiny open_clip file; a Linear head; a PickScore folder
+    torch.save(torch.nn.Linear(32, 1).state_dict(), root / "aesthetic_head.pt")
+    from transformers import CLIPImageProcessor
+    from rewards.pickscore import tiny_pickscore_reward
+    pick = tiny_pickscore_reward()
+    pick.model.clip.save_pretrained(root / "pickscore")
+    pick.hf_tokenizer.save_pretrained(root / "pickscore")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "pickscore")
+    # video rewards: the tiny models saved under ['model'] like the official files, a tiny BERT vocab
+    from rewards.internvideo2 import TINY_VOCAB, tiny_internvideo2_model
+    from rewards.viclip import tiny_viclip_model
+    torch.save({"model": tiny_viclip_model().state_dict()}, root / "viclip.pth")
+    torch.save({"model": tiny_internvideo2_model().state_dict()}, root / "internvideo2.pth")
+    (root / "bert").mkdir()
+    (root / "bert" / "vocab.txt").write_text("\n".join(TINY_VOCAB))
+    # ImageReward: the tiny model as a flat state dict like ImageReward.pt; the same tiny vocab (+ BLIP's 2 tokens)
+    from rewards.image_reward import tiny_image_reward_model
+    torch.save(tiny_image_reward_model().state_dict(), root / "ImageReward.pt")
+    return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos),
+            "reward.hpsv2.model.checkpoint": str(clip), "reward.aesthetic.model.clip_checkpoint": str(clip),
+            "reward.aesthetic.model.head_checkpoint": str(root / "aesthetic_head.pt"),
+            "reward.pickscore.model.path": str(root / "pickscore"),
+            "reward.viclip.model.checkpoint": str(root / "viclip.pth"),
+            "reward.internvideo2.model.checkpoint": str(root / "internvideo2.pth"),
+            "reward.internvideo2.model.tokenizer_path": str(root / "bert"),
+            "reward.image_reward.model.checkpoint": str(root / "ImageReward.pt"),
+            "reward.image_reward.model.tokenizer_path": str(root / "bert")}
+
+
+def tiny_reward_overrides(cfg) -> list[str]:
+    """Full-size reward towers are too big for a test: the same code with tiny architectures."""
+    out = []
+    for term in [k for k in cfg.reward if not k.startswith("_")]:
+        model = cfg.reward[term].model
+        if "arch" in model:
+            out.append(f"reward.{term}.model.arch=TurboTest-CLIP")
+        if "size" in model:
+            out.append(f"reward.{term}.model.size=tiny")
+    return out
