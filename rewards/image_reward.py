@@ -1,0 +1,511 @@
+"""ImageReward (Xu et al., 2023): BLIP image-grounded text encoder + a linear head, our implementation.
+
+For a frame x and prompt p, as the official ``ImageReward.score`` / ``score_gard``:
+
+    e      = ViT(preprocess(x))                        197 image tokens of width 1024 (ViT-L/16, 224 px)
+    h      = BERT(p; cross-attention to e)[CLS]        768 (BLIP's "med" BertModel, mode 'multimodal')
+    r(x,p) = (head(h) - MEAN) / STD                    MEAN = 0.16717362830052426, STD = 1.0333394966054072
+    score  = mean over frames f of r(video[f], p)
+
+``head`` is Linear 768->1024->128->64->16->1 with dropout 0.2, 0.2, 0.1 between (the reference's
+ReLUs are commented out, so the head is an affine map). ``relu_form=True`` gives T2V-Turbo's
+shaping instead (``get_img_reward_fn``: ``-F.relu(-rewards + 2)`` per image, the training loss
+being ``-mean(score) * reward_scale``):
+
+    score_relu = mean over frames f of -relu(2 - r_f) = mean_f (min(r_f, 2) - 2)      (<= 0)
+
+so the loss ``w * mean relu(2 - r_f)`` is a hinge: a frame whose r already exceeds 2 gives zero
+loss and zero gradient. Shaping is per frame, before averaging, as T2V-Turbo scores frames
+one by one.
+
+Text side: bert-base-uncased with BLIP's two added tokens ([DEC] = 30522, [ENC] = 30523; the
+word embedding has 30524 rows), padded to max_length 35 and truncated. ImageReward keeps [CLS]
+as the first token (no [ENC] swap). Because the text encoder attends to the image, only the
+tokenisation is cached; the encoder runs per frame, with gradients flowing through the
+cross-attention keys and values back to the pixels.
+
+Preprocessing: the official transform is ``Resize(224, BICUBIC) + CenterCrop(224) + ToTensor +
+Normalize(OpenAI mean, std)`` on a PIL image; ``match_pil=True`` (default) reproduces it on the
+uint8 image ``round(255 * frame)`` (see ``rewards.base.preprocess_images``; measured equal in
+tests/rewards/test_image_reward.py), ``match_pil=False`` equals the torchvision tensor transform
+T2V-Turbo applies to decoded frames (bicubic overshoot at hard edges is then not clipped).
+
+Key layout (official ``ImageReward.pt``, a flat ``state_dict`` of the reference ``ImageReward``
+module, 625 entries): our names equal the checkpoint's, no renames: ``blip.visual_encoder.*``
+(timm-style ViT: ``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv,
+attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``), ``blip.text_encoder.{embeddings, encoder.layer.N}.*``
+(med.py names: ``attention.self.query``, ``crossattention.self.key`` ..., no token-type
+embedding), ``mlp.layers.{0,2,4,6,7}``. Not used by the score and skipped on loading:
+``blip.vision_proj``, ``blip.text_proj`` (BLIP's contrastive projections) and the buffer
+``blip.text_encoder.embeddings.position_ids`` (an arange). transformers' ``BertModel`` cannot
+stand in for the text encoder: it has a token-type embedding, its cross-attention key/value
+take ``hidden_size`` (768) inputs instead of the image width (1024), and it refuses
+cross-attention unless ``is_decoder=True`` (causal). The layout is written down in
+tests/rewards/data/image_reward_keys.json.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import Tensor, nn
+
+from rewards.base import OPENAI_MEAN, OPENAI_STD, check_video, preprocess_images
+from rewards.internvideo2 import TINY_VOCAB
+from rewards.loading import load_checkpoint_into
+
+# The official normalisation of the head's output (ImageReward.py: self.mean, self.std).
+SCORE_MEAN = 0.16717362830052426
+SCORE_STD = 1.0333394966054072
+# T2V-Turbo's hinge: -relu(RELU_TARGET - r).
+RELU_TARGET = 2.0
+# BLIP's init_tokenizer adds these after bert-base-uncased's 30522 tokens.
+BLIP_EXTRA_TOKENS = {"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]}
+# Official checkpoint entries the score does not use (exact names, or prefixes ending in ".").
+UNUSED_KEYS: tuple[str, ...] = ("blip.vision_proj.", "blip.text_proj.", "blip.text_encoder.embeddings.position_ids")
+
+
+@dataclass(frozen=True)
+class ImageRewardConfig:
+    """Sizes of an ImageReward model. The defaults are ImageReward-v1.0 (BLIP ViT-L/16, BERT-base)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision_width: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    vision_mlp_width: int = 4096
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_mlp_width: int = 3072
+    vocab_size: int = 30524  # bert-base-uncased + [DEC] + [ENC]
+    text_positions: int = 512
+    max_text_length: int = 35
+    head_widths: tuple[int, ...] = (1024, 128, 64, 16)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"ImageRewardConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads, what in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
+            if width % heads:
+                raise ValueError(f"ImageRewardConfig: {what} width {width} is not divisible by {heads} heads")
+        if len(self.head_widths) != 4:
+            raise ValueError(f"ImageRewardConfig: head_widths must have 4 entries (3 dropouts), found {self.head_widths}")
+
+    @classmethod
+    def large(cls, **changes) -> "ImageRewardConfig":
+        return replace(cls(), **changes)
+
+    @classmethod
+    def tiny(cls, **changes) -> "ImageRewardConfig":
+        """A CPU-test size: 32 px, 8 px patches, widths 32/24, 2 layers each, the tiny vocabulary + 2."""
+        return replace(
+            cls(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_width=128,
+                text_width=24, text_layers=2, text_heads=2, text_mlp_width=48, vocab_size=len(TINY_VOCAB) + 2,
+                text_positions=64, head_widths=(32, 16, 8, 4)),
+            **changes,
+        )
+
+
+SIZES = {"large": ImageRewardConfig.large, "tiny": ImageRewardConfig.tiny}
+
+
+def _checkpointed(module: nn.Module, enabled: bool, *args: Tensor) -> Tensor:
+    if enabled and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
+# --- vision: BLIP's ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, final norm over all tokens) ---
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, cfg.patch_size)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.proj(pixels).flatten(2).transpose(1, 2)  # N,P,C
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class VisionMlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.vision_width, eps=1e-6)
+        self.attn = VisionAttention(cfg.vision_width, cfg.vision_heads)
+        self.norm2 = nn.LayerNorm(cfg.vision_width, eps=1e-6)
+        self.mlp = VisionMlp(cfg.vision_width, cfg.vision_mlp_width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTransformer(nn.Module):
+    """pixels N,3,S,S (normalised) -> N,1+P,vision_width image embeddings (CLS first)."""
+
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (cfg.image_size // cfg.patch_size) ** 2, cfg.vision_width))
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.vision_layers))
+        self.norm = nn.LayerNorm(cfg.vision_width, eps=1e-6)
+        self.gradient_checkpointing = False
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        x = self.patch_embed(pixels)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        x = x + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            x = _checkpointed(block, self.gradient_checkpointing, x)
+        return self.norm(x)
+
+
+# --- text: BLIP's med.py BertModel in mode 'multimodal' (post-norm, eps 1e-12, exact GELU) ---
+
+class BertEmbeddings(nn.Module):
+    """word + absolute position embeddings (no token-type embedding), LayerNorm."""
+
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.text_width, padding_idx=0)
+        self.position_embeddings = nn.Embedding(cfg.text_positions, cfg.text_width)
+        self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=1e-12)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention; key/value read ``kv_width`` inputs (the image width for cross-attention)."""
+
+    def __init__(self, width: int, kv_width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(kv_width, width)
+        self.value = nn.Linear(kv_width, width)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        b, n, c = x.shape
+        split = lambda t: t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(context)), split(self.value(context)),
+                                             attn_mask=mask)
+        return out.transpose(1, 2).reshape(b, n, c)
+
+
+class BertResidualOutput(nn.Module):
+    """LayerNorm(dense(x) + residual)."""
+
+    def __init__(self, in_width: int, width: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, width: int, kv_width: int, heads: int) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(width, kv_width, heads)
+        self.output = BertResidualOutput(width, width)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
+        return self.output(self.self(x, context, mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(width, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """self-attention (padding mask) -> cross-attention to the image tokens (no mask) -> MLP."""
+
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(cfg.text_width, cfg.text_width, cfg.text_heads)
+        self.crossattention = BertAttention(cfg.text_width, cfg.vision_width, cfg.text_heads)
+        self.intermediate = BertIntermediate(cfg.text_width, cfg.text_mlp_width)
+        self.output = BertResidualOutput(cfg.text_mlp_width, cfg.text_width)
+
+    def forward(self, x: Tensor, mask: Tensor, image: Tensor) -> Tensor:
+        x = self.attention(x, x, mask)
+        x = self.crossattention(x, image, None)  # every image token is attended (image_atts = ones)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.text_layers))
+
+
+class BlipTextEncoder(nn.Module):
+    """input_ids, attention_mask: N,L int64; image: N,T,vision_width -> N,L,text_width last hidden states."""
+
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertEncoder(cfg)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, image: Tensor) -> Tensor:
+        x = self.embeddings(input_ids).to(image.dtype)
+        # med.py's extended mask: 0 where attended, -10000 on padding, added to the logits.
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        for layer in self.encoder.layer:
+            x = _checkpointed(layer, self.gradient_checkpointing, x, mask, image)
+        return x
+
+
+class BLIP(nn.Module):
+    """The parts of BLIP_Pretrain the score uses (the contrastive projections are left out)."""
+
+    def __init__(self, cfg: ImageRewardConfig) -> None:
+        super().__init__()
+        self.visual_encoder = VisionTransformer(cfg)
+        self.text_encoder = BlipTextEncoder(cfg)
+
+
+class ScoreHead(nn.Module):
+    """The reference ``MLP``: Linear/Dropout stack, no activations; keys ``layers.{0,2,4,6,7}``."""
+
+    def __init__(self, width: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        a, b, c, d = hidden
+        self.layers = nn.Sequential(
+            nn.Linear(width, a), nn.Dropout(0.2), nn.Linear(a, b), nn.Dropout(0.2),
+            nn.Linear(b, c), nn.Dropout(0.1), nn.Linear(c, d), nn.Linear(d, 1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class ImageRewardModel(nn.Module):
+    """BLIP + head in the official key layout. ``score`` returns the normalised reward r."""
+
+    def __init__(self, config: ImageRewardConfig = ImageRewardConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.blip = BLIP(config)
+        self.mlp = ScoreHead(config.text_width, config.head_widths)
+        with torch.no_grad():  # the weights are meant to be loaded; this only makes random models sane
+            nn.init.normal_(self.blip.visual_encoder.cls_token, std=0.02)
+            nn.init.normal_(self.blip.visual_encoder.pos_embed, std=0.02)
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute ViT blocks and BERT layers in backward (both carry gradients to the pixels)."""
+        self.blip.visual_encoder.gradient_checkpointing = enabled
+        self.blip.text_encoder.gradient_checkpointing = enabled
+
+    def text_features(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """pixels N,3,S,S normalised; input_ids, attention_mask N,L -> N,text_width: CLS of the text-with-image."""
+        image = self.blip.visual_encoder(pixels)
+        return self.blip.text_encoder(input_ids, attention_mask, image)[:, 0]
+
+    def score(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """-> N float32 r = (head(CLS) - SCORE_MEAN) / SCORE_STD (official ``score_gard``)."""
+        raw = self.mlp(self.text_features(pixels, input_ids, attention_mask))[:, 0].float()
+        return (raw - SCORE_MEAN) / SCORE_STD
+
+
+class ImageRewardReward(nn.Module):
+    """Frozen ImageReward scoring each frame against its prompt (see the module docstring).
+
+    forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores: mean over
+    frames of r, or of -relu(2 - r) with ``relu_form``. Differentiable w.r.t. ``video``; the
+    model stays in eval mode and its parameters never require grad.
+    """
+
+    kind: Literal["image"] = "image"
+
+    def __init__(self, model: ImageRewardModel, tokenizer, *, match_pil: bool = True, relu_form: bool = False,
+                 name: str = "image_reward") -> None:
+        super().__init__()
+        self.name = name
+        self.model = model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.match_pil = match_pil
+        self.relu_form = relu_form
+        self._token_cache: dict[str, tuple[Tensor, Tensor]] = {}  # prompt -> (ids L, mask L), on the model's device
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "ImageRewardReward":
+        return super().train(False)  # dropout must never switch on in a reward
+
+    def _apply(self, fn, recurse: bool = True):
+        self._token_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def tokens(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        """B prompts -> input_ids, attention_mask: B,max_text_length int64 (BLIP tokenizer, cached)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._token_cache))
+        if missing:
+            device = next(self.model.parameters()).device
+            enc = self.tokenizer(missing, padding="max_length", truncation=True,
+                                 max_length=self.model.config.max_text_length, return_tensors="pt")
+            self._token_cache.update(zip(missing, zip(enc["input_ids"].to(device), enc["attention_mask"].to(device))))
+        ids, mask = zip(*(self._token_cache[p] for p in prompts))
+        return torch.stack(ids), torch.stack(mask)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """N,3,H,W float in [0, 1] -> N,3,S,S float32: Resize(S, bicubic) + CenterCrop(S) + OpenAI Normalize."""
+        return preprocess_images(images, self.model.config.image_size, OPENAI_MEAN, OPENAI_STD, "bicubic",
+                                 match_pil=self.match_pil)
+
+    def frame_rewards(self, video: Tensor, prompts: list[str]) -> Tensor:
+        """video: B,F,3,H,W in [0, 1] -> B,F float32 normalised rewards r, each frame against its prompt."""
+        check_video(video, prompts, who=f"reward '{self.name}'")
+        batch, frames = video.shape[:2]
+        dtype = next(self.model.parameters()).dtype
+        pixels = self.preprocess(video.flatten(0, 1)).to(dtype)
+        ids, mask = self.tokens(list(prompts))
+        ids, mask = ids.repeat_interleave(frames, 0), mask.repeat_interleave(frames, 0)
+        return self.model.score(pixels, ids, mask).view(batch, frames)
+
+    def forward(self, video: Tensor, prompts: list[str]) -> Tensor:
+        """video: B,F,3,H,W float in [0, 1]; prompts: B strings -> B float32 mean-over-frames scores."""
+        r = self.frame_rewards(video, prompts)
+        if self.relu_form:
+            r = -F.relu(RELU_TARGET - r)
+        return r.mean(1)
+
+
+def blip_tokenizer(base):
+    """BLIP's ``init_tokenizer`` on a loaded BERT tokenizer: adds [DEC] (bos) and [ENC] (in place)."""
+    base.add_special_tokens(dict(BLIP_EXTRA_TOKENS))
+    return base
+
+
+def tiny_blip_tokenizer():
+    """The tiny WordPiece vocabulary of ``rewards.internvideo2`` + BLIP's two tokens (no files, no network)."""
+    from transformers import BertTokenizer
+
+    return blip_tokenizer(BertTokenizer(vocab={token: i for i, token in enumerate(TINY_VOCAB)}))
+
+
+def load_blip_tokenizer(path: str | os.PathLike, *, name: str = "image_reward"):
+    """bert-base-uncased's tokenizer from a local folder or its vocab.txt, plus BLIP's tokens; never downloads."""
+    from transformers import BertTokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        return blip_tokenizer(BertTokenizer.from_pretrained(str(path), local_files_only=True))
+    if path.is_file():
+        return blip_tokenizer(BertTokenizer(vocab=str(path), do_lower_case=True))
+    raise FileNotFoundError(
+        f"reward '{name}': BERT tokenizer {str(path)!r} not found; set reward.{name}.model.tokenizer_path "
+        "to a local bert-base-uncased folder or its vocab.txt (nothing is downloaded)"
+    )
+
+
+def tiny_image_reward_model(seed: int = 0, **changes) -> ImageRewardModel:
+    """A seeded random :func:`ImageRewardConfig.tiny` model; the global torch RNG is left untouched.
+
+    The head's weights are drawn with std fan_in^-1/2 (variance-preserving), so that scores vary
+    visibly with the input; PyTorch's default shrinks them ~15x through the five linear layers.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ImageRewardModel(ImageRewardConfig.tiny(**changes)).eval()
+        with torch.no_grad():
+            for layer in model.mlp.layers:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=layer.in_features ** -0.5)
+        return model
+
+
+def load_image_reward_model(checkpoint: str | os.PathLike, config: ImageRewardConfig, *,
+                            name: str = "image_reward") -> ImageRewardModel:
+    """An :class:`ImageRewardModel` with the weights of a local official-layout checkpoint
+    (:data:`UNUSED_KEYS` skipped; every other key must match in name and shape)."""
+    model = ImageRewardModel(config)
+    load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
+                         ignore=UNUSED_KEYS)
+    return model.eval()
+
+
+def image_reward(
+    checkpoint: str,
+    tokenizer_path: str,
+    name: str = "image_reward",
+    size: Literal["large", "tiny"] = "large",
+    relu_form: bool = False,
+    match_pil: bool = True,
+    gradient_checkpointing: bool = False,
+) -> ImageRewardReward:
+    """ImageReward-v1.0 from local files, e.g. ``/ckpts/ImageReward.pt`` and a bert-base-uncased folder.
+
+    size: "large" (official) or "tiny" (tests; with a vocab.txt of the tiny vocabulary). relu_form:
+    score with T2V-Turbo's ``-relu(2 - r)`` (see the module docstring). match_pil: see
+    :meth:`ImageRewardReward.preprocess`.
+    """
+    if size not in SIZES:
+        raise ValueError(f"reward '{name}': size must be one of {sorted(SIZES)}, found {size!r}")
+    config = SIZES[size]()
+    tokenizer = load_blip_tokenizer(tokenizer_path, name=name)
+    if len(tokenizer) != config.vocab_size:
+        raise ValueError(
+            f"reward '{name}': the tokenizer at {tokenizer_path!r} has {len(tokenizer)} tokens with BLIP's [DEC] and "
+            f"[ENC], the {size} text encoder {config.vocab_size}; ImageReward uses bert-base-uncased (30522 + 2)"
+        )
+    model = load_image_reward_model(checkpoint, config, name=name)
+    model.set_gradient_checkpointing(gradient_checkpointing)
+    return ImageRewardReward(model, tokenizer, match_pil=match_pil, relu_form=relu_form, name=name)
+
+
+def tiny_image_reward(
+    seed: int = 0,
+    checkpoint: str | None = None,
+    name: str = "image_reward",
+    relu_form: bool = False,
+    match_pil: bool = True,
+    gradient_checkpointing: bool = False,
+) -> ImageRewardReward:
+    """An :class:`ImageRewardReward` over :func:`tiny_image_reward_model` (or a tiny official-layout
+    checkpoint) with :func:`tiny_blip_tokenizer`. Fully offline."""
+    if checkpoint is not None:
+        model = load_image_reward_model(checkpoint, ImageRewardConfig.tiny(), name=name)
+    else:
+        model = tiny_image_reward_model(seed)
+    model.set_gradient_checkpointing(gradient_checkpointing)
+    return ImageRewardReward(model, tiny_blip_tokenizer(), match_pil=match_pil, relu_form=relu_form, name=name)
