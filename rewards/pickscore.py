@@ -13,8 +13,8 @@ Preprocessing equals ``CLIPImageProcessor`` as PickScore ran it (transformers 4.
 shorter side resized to ``size.shortest_edge`` with PIL bicubic on uint8 pixels, the longer
 one to ``int(size * long / short)``, a ``crop_size`` centre crop anchored at
 ``(new - crop) // 2`` (torchvision rounds this anchor instead, so the open_clip helper can be
-one pixel off), then OpenAI mean/std. ``match_pil`` (default on) clips after each resampling
-pass as PIL does; see ``rewards.base.preprocess_images``.
+one pixel off), then OpenAI mean/std. ``match_pil`` (default on) reproduces PIL's resize on the
+uint8 image bit for bit, with straight-through gradients; see ``rewards.base.preprocess_images``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, resized_shape
+from rewards.base import OPENAI_MEAN, OPENAI_STD, pil_resize_levels, resized_shape, to_uint8_levels
 from rewards.clip import CLIPReward
 from rewards.loading import check_keys
 
@@ -53,8 +53,9 @@ def processor_pixels(
     """Differentiable ``CLIPImageProcessor``: shorter side to ``resize``, ``crop`` centre crop, normalise.
 
     images: N,3,H,W float in [0, 1] -> N,3,crop,crop float32. The crop anchor is
-    ``(new - crop) // 2`` as in transformers. match_pil: resample width then height, clipping
-    to [0, 1] after each pass, as PIL does on uint8 images.
+    ``(new - crop) // 2`` as in transformers. match_pil: resize the uint8 image
+    ``round(255 * images)`` exactly as PIL does (see ``rewards.base.preprocess_images``);
+    otherwise antialiased torch resampling of the float image, in one pass.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"processor_pixels: expected images N,3,H,W, found shape {tuple(images.shape)}")
@@ -63,11 +64,10 @@ def processor_pixels(
     x = images.float()
     height, width = x.shape[-2:]
     new_h, new_w = resized_shape(height, width, resize)
-    passes = [(height, new_w), (new_h, new_w)] if match_pil else [(new_h, new_w)]
-    for shape in passes:
-        if shape != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=shape, mode=interpolation, align_corners=False, antialias=True)
-            x = x.clamp(0, 1) if match_pil else x
+    if match_pil:
+        x = pil_resize_levels(to_uint8_levels(x), new_h, new_w, interpolation) / 255  # as rescale(1/255)
+    elif (new_h, new_w) != (height, width):
+        x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=True)
     top, left = (new_h - crop) // 2, (new_w - crop) // 2
     x = x[..., top : top + crop, left : left + crop]
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

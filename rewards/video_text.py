@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rewards.base import RewardInputError, check_video
+from rewards.base import RewardInputError, check_video, round_straight_through, to_uint8_levels
 
 # ImageNet statistics: the InternVid / InternVideo2 datasets normalise "vit" / "internvideo" encoders with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -40,19 +40,22 @@ def preprocess_frames(
     *,
     interpolation: Interpolation = "bicubic",
     antialias: bool = False,
-    clamp: bool = True,
+    match_uint8: bool = True,
 ) -> Tensor:
-    """Differentiable frame preprocessing: squash to size x size, clamp, normalise.
+    """Differentiable frame preprocessing: squash to size x size, normalise.
 
     images: N,3,H,W float in [0, 1] (any float dtype) -> N,3,size,size float32, (x - mean) / std.
     The aspect ratio is not kept, as in the reference transforms.
 
-    With ``clamp=False`` this equals torchvision ``Resize((size, size), interpolation,
-    antialias) + Normalize(mean, std)`` on float tensors. ``clamp=True`` (default) clips the
-    resized frame to [0, 1] as the reference's uint8 frames saturate, so bicubic overshoot at
-    hard edges matches too (clipped pixels pass no gradient). ``antialias=False`` (default)
-    is how the references ran; set True when downscaling by much more than 2x, where the
-    4-tap kernel leaves pixels that get no gradient.
+    ``match_uint8=True`` (default) reproduces the reference on the uint8 frames
+    ``round(255 * images)``: torchvision's ``Resize((size, size), interpolation, antialias)`` on
+    a uint8 tensor resamples in float32, clamps to 0..255 and rounds, then the reference divides
+    by 255 and normalises; the forward pass here does exactly that, so it is bit-exact with the
+    reference on the same device. Backward: straight-through for both roundings, the gradient of
+    the float resize otherwise; pixels clamped to 0 or 255 pass no gradient.
+    ``match_uint8=False`` equals torchvision ``Resize + Normalize`` on the float frames.
+    ``antialias=False`` (default) is how the references ran; set True when downscaling by
+    much more than 2x, where the 4-tap kernel leaves pixels that get no gradient.
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"preprocess_frames: expected images N,3,H,W, found shape {tuple(images.shape)}")
@@ -60,10 +63,15 @@ def preprocess_frames(
         raise ValueError(f"preprocess_frames: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
     # float32 always: antialiased interpolation has no half-precision CPU kernel (see preprocess_images).
     x = images.float()
-    if tuple(x.shape[-2:]) != (size, size):  # torchvision skips the no-op resize too
+    resize = tuple(x.shape[-2:]) != (size, size)  # torchvision skips the no-op resize too
+    if match_uint8:
+        x = to_uint8_levels(x)  # integers 0..255, as the reference's uint8 frames
+        if resize:
+            x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=antialias)
+            x = round_straight_through(x.clamp(0, 255))  # torchvision's uint8 output: clamp, round
+        x = x / 255
+    elif resize:
         x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=antialias)
-        if clamp:
-            x = x.clamp(0, 1)
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
@@ -116,7 +124,7 @@ class VideoTextReward(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         interpolation: Interpolation = "bicubic",
         antialias: bool = False,
-        clamp: bool = True,
+        match_uint8: bool = True,
         name: str,
     ) -> None:
         super().__init__()
@@ -133,7 +141,7 @@ class VideoTextReward(nn.Module):
             raise ValueError(f"reward '{name}': interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
         self.interpolation = interpolation
         self.antialias = antialias
-        self.clamp = clamp
+        self.match_uint8 = match_uint8  # see preprocess_frames
         self._text_cache: dict[str, Tensor] = {}  # prompt -> normalised float32 features (D,)
         self.train(False)
 
@@ -163,7 +171,7 @@ class VideoTextReward(nn.Module):
         batch, frames = video.shape[:2]
         pixels = preprocess_frames(
             video.flatten(0, 1), self.image_size, self.mean, self.std,
-            interpolation=self.interpolation, antialias=self.antialias, clamp=self.clamp,
+            interpolation=self.interpolation, antialias=self.antialias, match_uint8=self.match_uint8,
         ).unflatten(0, (batch, frames))
         dtype = next(self.model.parameters()).dtype  # fp16/bf16 weights want matching input
         return F.normalize(self.model.encode_video(pixels.to(dtype)).float(), dim=-1)

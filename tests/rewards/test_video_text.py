@@ -9,6 +9,7 @@ from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, preprocess_frames
 from tests.rewards.test_base import edge_image, smooth_image
 
 HALF_UINT8_LEVEL = 0.5 / 255 / min(IMAGENET_STD)  # 0.00876 in normalised units
+INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
 def official_transform(size: int, antialias: bool = False, interpolation=InterpolationMode.BICUBIC) -> T.Compose:
@@ -34,31 +35,46 @@ def test_equals_torchvision_on_float_frames(hw, size, antialias):
     x = torch.rand(8, 3, *hw, generator=torch.Generator().manual_seed(0))
     tv = T.Compose([T.Resize((size, size), interpolation=InterpolationMode.BICUBIC, antialias=antialias),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    ours = preprocess_frames(x, size, antialias=antialias, clamp=False)
+    ours = preprocess_frames(x, size, antialias=antialias, match_uint8=False)
     assert ours.shape == (8, 3, size, size) and ours.dtype == torch.float32
     torch.testing.assert_close(ours, tv(x), atol=1e-5, rtol=0)  # measured: 0.0 (same kernels)
 
 
-@pytest.mark.parametrize("hw,size", [((240, 320), 224), ((320, 512), 224), ((480, 854), 224), ((40, 48), 32)])
-def test_matches_official_uint8_pipeline_to_rounding(hw, size):
-    # The reference feeds uint8 frames: its resize rounds to uint8 and saturates. Ours sees the
-    # same frames as floats; the floor is half a uint8 level (0.0088), so 1e-3 is not reachable here.
-    official = official_transform(size)
-    for img in (torch.stack([smooth_image(*hw, seed=i) for i in range(3)]), edge_image(*hw)[None]):
+@pytest.mark.parametrize("hw,size", [((240, 320), 224), ((320, 512), 224), ((480, 854), 224), ((40, 48), 32), ((20, 27), 32), ((32, 32), 32)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_equals_official_uint8_pipeline(hw, size, interpolation, antialias):
+    # The reference feeds uint8 frames: its resize runs in float32 on 0..255 values, clamps and
+    # rounds to uint8. match_uint8 (default) does the same on round(255 * frames).
+    official = official_transform(size, antialias, INTERPOLATIONS[interpolation])
+    noise = torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(1))
+    for img in (torch.stack([smooth_image(*hw, seed=i) for i in range(3)]), edge_image(*hw)[None], noise):
         x, u8 = as_uint8(img)
-        diff = (preprocess_frames(x, size) - official(u8)).abs()
-        # Measured: max 0.0088 (smooth), 0.0043-0.0084 (hard edges); mean 0.0024-0.0042 (smooth),
-        # < 1e-4 (edges). A quarter level (0.0044) is the mean of uniform rounding errors.
-        assert diff.max() <= HALF_UINT8_LEVEL + 1e-4, diff.max()
-        assert diff.mean() <= HALF_UINT8_LEVEL / 2 + 2e-4
+        ours = preprocess_frames(x, size, interpolation=interpolation, antialias=antialias)
+        # Measured: 0.0 (bit-exact). Before the uint8 roundings were reproduced (float resize,
+        # clamped): max 0.0088 (smooth), 0.0043-0.0084 (hard edges), half a uint8 level.
+        torch.testing.assert_close(ours, official(u8), atol=1e-6, rtol=0)
 
 
-def test_clamp_reproduces_uint8_saturation_at_hard_edges():
+def test_float_path_misses_uint8_saturation_at_hard_edges():
     x, u8 = as_uint8(edge_image(240, 320))
     official = official_transform(224)(u8[None])
-    unclamped = (preprocess_frames(x[None], 224, clamp=False) - official).abs().max()
-    clamped = (preprocess_frames(x[None], 224) - official).abs().max()
-    assert unclamped > 0.5 and clamped <= HALF_UINT8_LEVEL + 1e-4  # measured 0.98 vs 0.0070
+    unmatched = (preprocess_frames(x[None], 224, match_uint8=False) - official).abs().max()
+    matched = (preprocess_frames(x[None], 224) - official).abs().max()
+    assert unmatched > 0.5 and matched == 0  # measured 0.98 vs 0.0
+
+
+def test_match_uint8_gradients_are_straight_through():
+    # Backward: the float resize's gradient (roundings straight through), zero where it clamps.
+    x = torch.stack([smooth_image(40, 48, seed=i) for i in range(2)]).requires_grad_(True)
+    w = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    (matched,) = torch.autograd.grad((preprocess_frames(x, 32) * w).sum(), x)
+    (plain,) = torch.autograd.grad((preprocess_frames(x, 32, match_uint8=False) * w).sum(), x)
+    torch.testing.assert_close(matched, plain, atol=1e-4, rtol=1e-4)  # nothing clamps on a smooth image
+    assert (matched != 0).float().mean() > 0.5
+    edge = edge_image(40, 48)[None].requires_grad_(True)
+    preprocess_frames(edge, 32).sum().backward()
+    assert edge.grad.abs().sum() > 0
 
 
 def test_bilinear_without_antialias_is_the_demo_resize():
@@ -67,15 +83,16 @@ def test_bilinear_without_antialias_is_the_demo_resize():
     x = torch.rand(8, 3, 240, 320, generator=torch.Generator().manual_seed(1))
     tv = T.Compose([T.Resize((224, 224), interpolation=InterpolationMode.BILINEAR, antialias=False),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    ours = preprocess_frames(x, 224, interpolation="bilinear", clamp=False)
+    ours = preprocess_frames(x, 224, interpolation="bilinear", match_uint8=False)
     torch.testing.assert_close(ours, tv(x), atol=1e-5, rtol=0)
 
 
 def test_imagenet_normalisation_closed_form():
-    grey = torch.full((1, 3, 7, 9), 0.5)
-    out = preprocess_frames(grey, 4)
+    grey = torch.full((1, 3, 7, 9), 0.5)  # the uint8 frame holds round(127.5) = 128
+    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(preprocess_frames(grey, 4)[0, :, 2, 2], expected, atol=1e-6, rtol=0)
     expected = (0.5 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
-    torch.testing.assert_close(out[0, :, 2, 2], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(preprocess_frames(grey, 4, match_uint8=False)[0, :, 2, 2], expected, atol=1e-6, rtol=0)
 
 
 def test_rejects_bad_arguments():
