@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, check_video, preprocess_images
+from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 from rewards.clip import tiny_clip_model
 from rewards.loading import load_checkpoint_into, read_state_dict
 
@@ -94,7 +94,7 @@ def head_from_state_dict(state: Mapping[str, Tensor]) -> nn.Module:
     return aesthetic_head(kind, [weights[0].shape[1], *(w.shape[0] for w in weights)])
 
 
-class AestheticReward(nn.Module):
+class AestheticReward(FrozenReward):
     """Frozen CLIP image tower + aesthetic head; text-independent.
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings, ignored) -> B float32
@@ -114,8 +114,7 @@ class AestheticReward(nn.Module):
         match_pil: bool = True,
         name: str = "aesthetic",
     ) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name)
         self.visual = visual.requires_grad_(False)
         self.head = head.requires_grad_(False)
         self.image_size = int(image_size)
@@ -123,10 +122,6 @@ class AestheticReward(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.match_pil = match_pil
         self.train(False)
-
-    def train(self, mode: bool = True) -> "AestheticReward":
-        # A reward is a fixed function: the head's dropout must never switch on.
-        return super().train(False)
 
     def image_features(self, images: Tensor) -> Tensor:
         """N,3,H,W float in [0, 1] -> N,D float32 L2-normalised image features (with grad)."""

@@ -19,7 +19,7 @@ from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 # OpenAI CLIP statistics, also used by the LAION open_clip checkpoints and HPSv2.
 OPENAI_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -43,6 +43,33 @@ class RewardModel(Protocol):
     def __call__(self, video: Tensor, prompts: list[str]) -> Tensor:
         """video: B,F,3,H,W float in [0, 1]; prompts: B strings -> B float32 scores."""
         ...
+
+
+class FrozenReward(nn.Module):
+    """What every reward model shares: a fixed function (always in eval mode, so dropout or norm
+    statistics never switch on) and a per-prompt cache of whatever its text side computes, which
+    is dropped when ``.to()`` / ``.half()`` / ``.cuda()`` moves the module."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self._prompt_cache: dict[str, object] = {}
+
+    def train(self, mode: bool = True) -> "FrozenReward":
+        return super().train(False)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._prompt_cache.clear()  # cached tensors would be on the old device or dtype
+        return super()._apply(fn, recurse)
+
+    def cached_text_features(self, prompts: Sequence[str], encode: Callable[[list[str]], Tensor]) -> Tensor:
+        """B prompts -> B,D float32 L2-normalised features of ``encode`` (no grad, cached per prompt).
+        stack() copies, so features cached under inference_mode can still join an autograd graph."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        if missing:
+            with torch.no_grad():
+                self._prompt_cache.update(zip(missing, F.normalize(encode(missing).float(), dim=-1)))
+        return torch.stack([self._prompt_cache[p] for p in prompts])
 
 
 def check_video(video: Tensor, prompts: Sequence[str], *, min_frames: int = 1, who: str) -> None:

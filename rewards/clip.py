@@ -19,12 +19,12 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, check_video, preprocess_images
+from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 
 Tokenizer = Callable[[list[str]], Tensor]  # list of N strings -> N,context_length int64 token ids
 
 
-class CLIPReward(nn.Module):
+class CLIPReward(FrozenReward):
     """Frozen open_clip model scoring each frame against the prompt by cosine similarity.
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores
@@ -47,8 +47,7 @@ class CLIPReward(nn.Module):
         match_pil: bool = False,
         name: str = "clip",
     ) -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name)
         self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -56,30 +55,12 @@ class CLIPReward(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.interpolation = interpolation
         self.match_pil = match_pil  # see preprocess_images
-        # prompt -> normalised float32 text features (D,); prompts repeat every step.
-        self._text_cache: dict[str, Tensor] = {}
         self.train(False)
-
-    def train(self, mode: bool = True) -> "CLIPReward":
-        # A reward is a fixed function: dropout or norm statistics must never switch on.
-        return super().train(False)
-
-    def _apply(self, fn, recurse: bool = True):
-        # .to()/.half()/.cuda() change device or dtype: cached features would be stale.
-        self._text_cache.clear()
-        return super()._apply(fn, recurse)
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:
         """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
-        if missing:
-            device = next(self.model.parameters()).device
-            with torch.no_grad():
-                tokens = self.tokenizer(missing).to(device)
-                feats = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-            self._text_cache.update(zip(missing, feats))
-        # stack() copies: even features cached under inference_mode can join a later autograd graph.
-        return torch.stack([self._text_cache[p] for p in prompts])
+        device = next(self.model.parameters()).device
+        return self.cached_text_features(prompts, lambda ps: self.model.encode_text(self.tokenizer(ps).to(device)))
 
     def image_features(self, images: Tensor) -> Tensor:
         """N,3,H,W float in [0, 1] -> N,D float32 L2-normalised image features (with grad)."""

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, check_video, preprocess_images
+from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 from rewards.internvideo2 import TINY_VOCAB
 from rewards.loading import load_checkpoint_into
 
@@ -348,7 +348,7 @@ class ImageRewardModel(nn.Module):
         return (raw - SCORE_MEAN) / SCORE_STD
 
 
-class ImageRewardReward(nn.Module):
+class ImageRewardReward(FrozenReward):
     """Frozen ImageReward scoring each frame against its prompt (see the module docstring).
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores: mean over
@@ -360,31 +360,24 @@ class ImageRewardReward(nn.Module):
 
     def __init__(self, model: ImageRewardModel, tokenizer, *, match_pil: bool = True, relu_form: bool = False,
                  name: str = "image_reward") -> None:
-        super().__init__()
-        self.name = name
+        super().__init__(name)
         self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.match_pil = match_pil
         self.relu_form = relu_form
-        self._token_cache: dict[str, tuple[Tensor, Tensor]] = {}  # prompt -> (ids L, mask L), on the model's device
+        # the prompt cache holds (ids L, mask L) on the model's device: the text encoder attends to
+        # the image, so only tokenisation can be cached
         self.train(False)
-
-    def train(self, mode: bool = True) -> "ImageRewardReward":
-        return super().train(False)  # dropout must never switch on in a reward
-
-    def _apply(self, fn, recurse: bool = True):
-        self._token_cache.clear()
-        return super()._apply(fn, recurse)
 
     def tokens(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """B prompts -> input_ids, attention_mask: B,max_text_length int64 (BLIP tokenizer, cached)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._token_cache))
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
         if missing:
             device = next(self.model.parameters()).device
             enc = self.tokenizer(missing, padding="max_length", truncation=True,
                                  max_length=self.model.config.max_text_length, return_tensors="pt")
-            self._token_cache.update(zip(missing, zip(enc["input_ids"].to(device), enc["attention_mask"].to(device))))
-        ids, mask = zip(*(self._token_cache[p] for p in prompts))
+            self._prompt_cache.update(zip(missing, zip(enc["input_ids"].to(device), enc["attention_mask"].to(device))))
+        ids, mask = zip(*(self._prompt_cache[p] for p in prompts))
         return torch.stack(ids), torch.stack(mask)
 
     def preprocess(self, images: Tensor) -> Tensor:

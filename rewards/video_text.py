@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rewards.base import RewardInputError, check_video, round_straight_through, to_uint8_levels
+from rewards.base import FrozenReward, RewardInputError, check_video, round_straight_through, to_uint8_levels
 
 # ImageNet statistics: the InternVid / InternVideo2 datasets normalise "vit" / "internvideo" encoders with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -100,7 +100,7 @@ def _to_device(tokens: Any, device: torch.device) -> Any:
     raise TypeError(f"tokenizer output must be a Tensor or a mapping of Tensors, found {type(tokens).__name__}")
 
 
-class VideoTextReward(nn.Module):
+class VideoTextReward(FrozenReward):
     """A frozen video-text dual encoder scoring whole clips by cosine similarity.
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores in
@@ -127,10 +127,9 @@ class VideoTextReward(nn.Module):
         match_uint8: bool = True,
         name: str,
     ) -> None:
-        super().__init__()
+        super().__init__(name)
         if num_frames < 1:
             raise ValueError(f"reward '{name}': num_frames must be >= 1, found {num_frames}")
-        self.name = name
         self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.num_frames = int(num_frames)
@@ -142,29 +141,12 @@ class VideoTextReward(nn.Module):
         self.interpolation = interpolation
         self.antialias = antialias
         self.match_uint8 = match_uint8  # see preprocess_frames
-        self._text_cache: dict[str, Tensor] = {}  # prompt -> normalised float32 features (D,)
         self.train(False)
-
-    def train(self, mode: bool = True) -> "VideoTextReward":
-        # A reward is a fixed function: dropout must never switch on.
-        return super().train(False)
-
-    def _apply(self, fn, recurse: bool = True):
-        # .to()/.half()/.cuda(): cached features would be on the wrong device or dtype.
-        self._text_cache.clear()
-        return super()._apply(fn, recurse)
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:
         """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._text_cache))
-        if missing:
-            device = next(self.model.parameters()).device
-            with torch.no_grad():
-                feats = self.model.encode_text(_to_device(self.tokenizer(missing), device))
-                feats = F.normalize(feats.float(), dim=-1)
-            self._text_cache.update(zip(missing, feats))
-        # stack() copies: features cached under inference_mode can still join a later autograd graph.
-        return torch.stack([self._text_cache[p] for p in prompts])
+        device = next(self.model.parameters()).device
+        return self.cached_text_features(prompts, lambda ps: self.model.encode_text(_to_device(self.tokenizer(ps), device)))
 
     def video_features(self, video: Tensor) -> Tensor:
         """B,F,3,H,W float in [0, 1] -> B,D float32 L2-normalised video features (with grad)."""

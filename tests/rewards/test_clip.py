@@ -141,7 +141,7 @@ def test_text_features_are_cached_per_prompt():
     assert seen == ["a", "b", "c"]  # each prompt tokenised and encoded once
     assert torch.equal(first, reward(random_video(), ["a", "b"]))
     reward.to(torch.float64)  # a dtype/device move must not serve stale features
-    assert not reward._text_cache
+    assert not reward._prompt_cache
     torch.testing.assert_close(reward(random_video(b=3), ["b", "a", "c"]), second, atol=1e-5, rtol=0)
 
 

@@ -179,5 +179,5 @@ def test_text_features_cached_per_prompt():
     reward(random_video(b=3), ["b", "a", "c"])
     assert seen == ["a", "b", "c"]
     reward.to(torch.float64)
-    assert not reward._text_cache
+    assert not reward._prompt_cache
     torch.testing.assert_close(reward(random_video(), ["a", "b"]), first, atol=1e-5, rtol=0)
