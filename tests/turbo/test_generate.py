@@ -1,0 +1,173 @@
+"""turbo-generate on the tiny models: outputs, determinism, student LoRA loading, samplers, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from PIL import Image
+
+from turbo.config import ConfigError, build
+from turbo.denoiser import Denoiser
+from turbo.generate import generate, load, sample_latents
+from turbo.lora import save_lora
+from turbo.sampling import sample_consistency, sample_fixed_steps
+from turbo.video import read_video, video_info
+
+FAST = ["sampler.teacher.steps=2", "sampler.consistency.steps=2"]
+
+
+def cfg_for(*overrides):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("generate", overrides=[*FAST, *overrides])
+
+
+def perturbed_student(model: str, folder: Path, guidance_embedding: bool = True, *overrides) -> Denoiser:
+    """A tiny denoiser of ``model`` with a random (non-zero) "student" LoRA, saved to ``folder``."""
+    m = cfg_for(f"model={model}", *overrides).model
+    d = Denoiser(build(m.backbone, "b"), build(m.schedule, "s"), m.family, m.get("time_embedding_module"))
+    d.add_adapter("student", rank=4, alpha=8, target_modules=list(m.lora_targets), guidance_embedding=guidance_embedding)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in d.adapter_parameters("student"):
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    save_lora(d, "student", folder)
+    return d
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run") / "student"
+    return perturbed_student("tiny_wan", folder), folder
+
+
+def test_prompts_times_seeds_videos_grid_and_index(tmp_path):
+    paths = generate(cfg_for("seeds=[0,7]", "fps=6"), tmp_path)
+    assert [p.name for p in paths] == ["000_0_a_red_circle_moving_right.mp4", "001_7_a_red_circle_moving_right.mp4",
+                                       "002_0_a_blue_square_moving_up.mp4", "003_7_a_blue_square_moving_up.mp4"]
+    for p in paths:
+        info = video_info(p)
+        assert (info.frames, info.height, info.width, info.fps) == (9, 32, 32, 6)
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (2 + 2 * 34, 2 + 2 * 34)  # 2 prompts (rows) x 2 seeds, padding 2
+    rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["prompt"], r["seed"]) for r in rows] == [
+        (p.name, pr, s) for p, (pr, s) in zip(paths, [(a, s) for a in ("a red circle moving right",
+                                                                        "a blue square moving up") for s in (0, 7)])]
+    assert all(r["sampler"] == "teacher" and r["steps"] == 2 and r["lora"] is None and r["seconds"] > 0 for r in rows)
+
+
+def test_prompt_file_one_per_line(tmp_path):
+    (tmp_path / "p.txt").write_text("a green triangle\n\n  a yellow circle moving left  \n")
+    paths = generate(cfg_for(f"prompt_file={tmp_path / 'p.txt'}"), tmp_path / "out")
+    assert [p.name for p in paths] == ["000_0_a_green_triangle.mp4", "001_0_a_yellow_circle_moving_left.mp4"]
+
+
+def test_same_seed_same_video(tmp_path):
+    cfg = cfg_for("prompts=[a red circle moving right]", "seeds=[3]")
+    a, b = generate(cfg, tmp_path / "a")[0], generate(cfg, tmp_path / "b")[0]
+    assert torch.equal(read_video(a)[0], read_video(b)[0])
+    pipe = load(cfg)
+    x = sample_latents(pipe, cfg, "a red circle moving right", 3)
+    assert torch.equal(x, sample_latents(pipe, cfg, "a red circle moving right", 3))
+    assert not torch.equal(x, sample_latents(pipe, cfg, "a red circle moving right", 4))
+
+
+@pytest.mark.parametrize("sampler", ["consistency", "fixed"])
+def test_student_lora_loads_and_samples_as_the_in_memory_student(student, sampler):
+    d, folder = student
+    cfg = cfg_for(f"lora={folder}", f"sampler.name={sampler}", "sampler.consistency.guidance=3.0",
+                  "sampler.fixed.timesteps=[999,499]")
+    pipe = load(cfg)
+    assert pipe.role == "student" and "student" in pipe.denoiser.guidance_embeddings
+    prompt, seed = "a blue square moving up", 5
+    got = sample_latents(pipe, cfg, prompt, seed)
+    cond = pipe.text([prompt])
+    shape = pipe.vae.latent_shape(9, 32, 32)
+    gen = torch.Generator().manual_seed(seed)
+    if sampler == "consistency":
+        want = sample_consistency(d, cond, shape, 2, gen, grid_steps=50, guidance=3.0, role="student")
+        teacher = sample_consistency(d, cond, shape, 2, torch.Generator().manual_seed(seed), grid_steps=50,
+                                     role="teacher")
+    else:
+        want = sample_fixed_steps(d, cond, shape, [999, 499], gen, role="student")
+        teacher = sample_fixed_steps(d, cond, shape, [999, 499], torch.Generator().manual_seed(seed), role="teacher")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - teacher).abs().max() > 1e-2  # the LoRA changes the output
+    # and the app's decoded frames are the in-memory student's
+    torch.testing.assert_close(pipe.vae.decode(got), pipe.vae.decode(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["teacher", "consistency", "fixed"])
+def test_every_sampler_runs_with_a_student(student, sampler, tmp_path):
+    _, folder = student
+    paths = generate(cfg_for(f"lora={folder}", f"sampler.name={sampler}", "prompts=[a red circle]"), tmp_path)
+    assert video_info(paths[0]).frames == 9
+    row = json.loads((tmp_path / "prompts.jsonl").read_text())
+    assert row["sampler"] == sampler and row["steps"] == {"teacher": 2, "consistency": 2, "fixed": 4}[sampler]
+    assert row["lora"] == str(folder)
+
+
+def test_student_without_guidance_embedding(tmp_path):
+    folder = tmp_path / "student"
+    perturbed_student("tiny_wan", folder, guidance_embedding=False)
+    pipe = load(cfg_for(f"lora={folder}"))
+    assert "student" in pipe.denoiser.adapters and not pipe.denoiser.guidance_embeddings
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (["mode=i2v"], ConfigError, "mode=i2v is not implemented yet"),
+    (["mode=t2i2v"], ConfigError, "mode=t2i2v is not implemented yet"),
+    (["mode=v2v"], ConfigError, "mode='v2v'"),
+    (["sampler.name=euler_a"], ConfigError, "sampler.name='euler_a'"),
+    (["video.num_frames=8"], ValueError, "video.num_frames must be 1 \\+ 4k"),
+    (["video.height=30"], ValueError, "video.height and video.width must be multiples of 8"),
+    (["lora=/nonexistent/student"], FileNotFoundError, "lora=/nonexistent/student: no such folder"),
+    (["prompt_file=/nonexistent/p.txt"], FileNotFoundError, "prompt_file=/nonexistent/p.txt"),
+    (["seeds=[]"], ConfigError, "seeds must list"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, overrides, error, match):
+    with pytest.raises(error, match=match):
+        generate(cfg_for(*overrides), tmp_path)
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_lora_folder_without_weights(tmp_path):
+    (tmp_path / "student").mkdir()
+    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors"):
+        generate(cfg_for(f"lora={tmp_path / 'student'}"), tmp_path / "out")
+
+
+@pytest.mark.parametrize("model,overrides,match", [
+    ("tiny_modelscope", [], "is a LoRA of another model"),                    # UNet3D keys in a Wan
+    ("tiny_wan", ["+model.backbone.ffn_dim=96"], "does not fit this WanTransformer3DModel"),  # same family, other shapes
+], ids=["unet3d_into_wan", "wan_of_other_size"])
+def test_lora_of_another_architecture_names_the_file(tmp_path, model, overrides, match):
+    folder = tmp_path / "other_student"
+    perturbed_student(model, folder, True, *overrides)
+    with pytest.raises(ValueError, match=rf"other_student/pytorch_lora_weights\.safetensors: {match}") as e:
+        load(cfg_for(f"lora={folder}"))
+    assert e.value.__cause__ is None and "\n" not in str(e.value)
+
+
+def _cli(args, cwd):
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "turbo.generate", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_runs_and_errors_are_one_line(tmp_path, student):
+    _, folder = student
+    r = _cli([f"hydra.run.dir={tmp_path}/run", f"lora={folder}", "sampler.name=consistency", *FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "run").glob("*.mp4"))) == 2 and (tmp_path / "run" / "grid.png").is_file()
+    unet = tmp_path / "unet_student"
+    perturbed_student("tiny_modelscope", unet)
+    for args, needle in [(["mode=i2v"], "mode=i2v is not implemented yet"),
+                         ([f"lora={unet}"], f"{unet}/pytorch_lora_weights.safetensors")]:
+        r = _cli([f"hydra.run.dir={tmp_path}/bad", *args], tmp_path)
+        assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
