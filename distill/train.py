@@ -213,7 +213,9 @@ def sample_videos(run: Run) -> dict:
 def finish(run: Run) -> None:
     if not run.accelerator.is_main_process:
         return
-    save_lora(run.denoiser, "student", run.out.path / "student")
+    if "student" in run.objective.trainable():
+        save_lora(run.denoiser, "student", run.out.path / "student")
+    run.objective.export(run.out.path)
     timings = sample_videos(run)
     run.out.write_report(run.cfg, run.history, timings)
     run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings})

@@ -14,6 +14,7 @@ and the loop follows. Adding an objective is one file here plus one ``conf/objec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 import torch
@@ -82,6 +83,11 @@ class Objective(Protocol):
         ...
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
+
+    def export(self, folder: Path) -> None:
+        """Write what the objective trained beyond the student LoRA (a pre-trained teacher) into
+        the run folder at the end of a run."""
+        ...
 
 
 def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> dict[str, dict[str, Any]]:

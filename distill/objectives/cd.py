@@ -135,6 +135,9 @@ class ConsistencyDistillation:
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         pass
 
+    def export(self, folder) -> None:
+        pass  # the student LoRA is all CD trains; the loop saves it
+
     def after_step(self, group: str) -> None:
         if self.ema_decay is not None and group == "student":
             self._ema_update(self.ema_decay)

@@ -163,6 +163,9 @@ class DMD2:
         if self.head is not None:
             self.head.load_state_dict({k.removeprefix("gan_head."): v for k, v in state.items()})
 
+    def export(self, folder) -> None:
+        pass  # the critic and GAN head serve training only; the loop saves the student LoRA
+
     # --- the generator's sample ------------------------------------------------------------------
     def generate(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, int]:
         """The student's x0 at a listed timestep t_k (k random when there are several): the input at

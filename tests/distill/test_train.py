@@ -40,8 +40,8 @@ def test_default_run_writes_every_output(tmp_path):
     assert (tmp_path / "DONE").is_file() and "speed-up" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"]],
-                         ids=["cd", "dmd2_gan"])
+@pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"], ["objective=diffusion"]],
+                         ids=["cd", "dmd2_gan", "diffusion_base"])
 def test_killed_run_resumes_with_identical_losses(tmp_path, monkeypatch, objective):
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_training(cfg_for("train.steps=6", *objective), full)

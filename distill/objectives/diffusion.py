@@ -1,0 +1,113 @@
+"""Plain diffusion training: how teachers are pre-trained (or LoRA-fine-tuned) with the same loop.
+
+    t ~ U[0, T),  x_t = add_noise(x0, eps, t),  loss = mse(raw output, schedule.target(x0, eps, t))
+
+(eps / v for VP schedules, velocity for flow), with each prompt replaced by "" with probability
+``cond_dropout`` so that the trained network supports classifier-free guidance.
+
+``train: base`` trains the backbone's own weights (the teacher role: adapters off). That is how a
+toy teacher is made from a seeded random network; the result is exported as a diffusers folder
+(``<run>/teacher/transformer`` or ``unet``) that ``turbo.models.load_backbone`` reads, and the
+weights travel in checkpoints through ``extra_state``. ``train: student`` fine-tunes the student
+LoRA instead (supervised fine-tuning on the data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from distill.objectives.base import Batch, Losses, check_optim, denoising_loss
+from turbo.atomic import atomic_dir
+from turbo.denoiser import Denoiser
+from turbo.lora import PREFIX
+from turbo.sampling import sample_teacher
+from turbo.text import TextCond
+
+
+def drop_prompts(cond: TextCond, uncond: TextCond, p: float, generator: torch.Generator) -> TextCond:
+    """Replace each sample's conditioning by the empty prompt's with probability p."""
+    if p <= 0:
+        return cond
+    drop = torch.rand(len(cond), generator=generator) < p
+    keep = (~drop).to(cond.embeds.device)
+    return TextCond(torch.where(keep[:, None, None], cond.embeds, uncond.embeds),
+                    torch.where(keep[:, None], cond.mask, uncond.mask))
+
+
+def clean_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
+    """The backbone's own weights without peft's LoRA layers, under the names the plain diffusers
+    class uses (peft wraps ``to_q`` as ``to_q.base_layer``)."""
+    return {k.replace(".base_layer.", "."): v for k, v in backbone.state_dict().items() if "lora_" not in k}
+
+
+class Diffusion:
+    name = "diffusion"
+    needs_videos = True
+
+    def __init__(self, denoiser: Denoiser, train: str = "base", cond_dropout: float = 0.1,
+                 optim: dict | None = None, student: str = "student"):
+        if train not in ("base", "student"):
+            raise ValueError(f"objective.train must be 'base' or 'student', found {train!r}")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"objective.cond_dropout must lie in [0, 1), found {cond_dropout}")
+        self.denoiser = denoiser
+        self.train_base = train == "base"
+        self.group = "model" if self.train_base else student
+        self.role = "teacher" if self.train_base else student
+        self.cond_dropout = cond_dropout
+        self.optim = check_optim(optim, [self.group])
+        if self.train_base:
+            self._params = [p for n, p in denoiser.backbone.named_parameters() if "lora_" not in n]
+            for p in self._params:
+                p.requires_grad_(True)
+        else:
+            self._params = denoiser.adapter_parameters(student)
+
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        return {self.group: self._params}
+
+    def updates(self, step: int) -> list[str]:
+        return [self.group]
+
+    def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
+        if batch.latents is None:
+            raise ValueError("objective=diffusion needs real videos: the data config gives prompts only")
+        cond = drop_prompts(batch.cond, batch.uncond, self.cond_dropout, generator)
+        return Losses({"diffusion": denoising_loss(self.denoiser, batch.latents, cond, self.role, generator)})
+
+    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
+        raise RuntimeError("plain diffusion training has no critic")  # updates() never asks for it
+
+    def after_step(self, group: str) -> None:
+        pass
+
+    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
+               guidance: float | None = None) -> Tensor:
+        """The trained network with the plain DDIM / Euler sampler, no CFG (the loop's teacher samples
+        show it with CFG)."""
+        return sample_teacher(self.denoiser, cond, None, shape, steps, 1.0, generator, role=self.role)
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return clean_state_dict(self.denoiser.backbone) if self.train_base else {}
+
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        if self.train_base:
+            own = self.denoiser.backbone.state_dict()
+            with torch.no_grad():
+                for k, v in own.items():
+                    if "lora_" not in k:
+                        v.copy_(state[k.replace(".base_layer.", ".")])
+
+    def export(self, folder: Path) -> None:
+        """``train: base`` -> ``folder/teacher/<transformer|unet>``: a diffusers folder of the trained
+        backbone (without adapters), loadable by ``turbo.models.load_backbone``."""
+        if not self.train_base:
+            return
+        backbone = self.denoiser.backbone
+        fresh = type(backbone).from_config(backbone.config)
+        fresh.load_state_dict(clean_state_dict(backbone))
+        with atomic_dir(Path(folder) / "teacher") as tmp:
+            fresh.save_pretrained(tmp / PREFIX[self.denoiser.family])
