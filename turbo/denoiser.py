@@ -87,6 +87,7 @@ class Denoiser(nn.Module):
         self._active_guidance: GuidanceEmbedding | None = None
         self._hook = None
         self._layers_cache: list[BaseTunerLayer] | None = None
+        self.merged: str | None = None  # set by turbo.inference.merge_lora
 
     # --- adapters ------------------------------------------------------------------------
     @property
@@ -148,7 +149,8 @@ class Denoiser(nn.Module):
         """Run the backbone as ``role``: "teacher", an adapter name, or {adapter: weight, ...}."""
         weights = self._role_weights(role)
         self._set_active(weights)
-        guided = [n for n in weights if n in self.guidance_embeddings]
+        names = [role] if isinstance(role, str) else list(weights)
+        guided = [n for n in names if n in self.guidance_embeddings]
         self._active_guidance = self.guidance_embeddings[guided[0]] if guided else None
         try:
             yield
@@ -157,6 +159,11 @@ class Denoiser(nn.Module):
             self._active_guidance = None
 
     def _role_weights(self, role: Role) -> dict[str, float]:
+        if self.merged is not None:  # turbo.inference.merge_lora folded this role into the base
+            if role != self.merged:
+                raise KeyError(f"adapter {self.merged!r} was merged into the base weights: it is the only role left, "
+                               f"found role {role!r}")
+            return {}
         if role == "teacher":
             return {}
         weights = {role: 1.0} if isinstance(role, str) else dict(role)
