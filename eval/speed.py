@@ -1,0 +1,101 @@
+"""What few steps and int8 buy: ``python -m eval.speed``.
+
+For one Wan-architecture network (random weights: speed does not depend on what was learned),
+prints the time per video of the 50-step CFG teacher (100 network evaluations) against a 4-step
+student (4 evaluations), and the weight memory of bf16 against int8 (optimum-quanto), as ratios.
+
+``--size tiny`` is the CPU-sized default; ``--size wan1.3b`` builds the real Wan2.1-1.3B shape
+(30 layers, 12 heads x 128, ffn 8960, text 4096) for the GPU, at 480x832 and 81 frames
+(21 x 60 x 104 latents) unless ``--frames/--height/--width`` say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from turbo.denoiser import Denoiser
+from turbo.inference import prepare_for_inference, weight_bytes
+from turbo.models import tiny_wan
+from turbo.sampling import sample_consistency, sample_teacher
+from turbo.schedule import FlowSchedule
+from turbo.text import TextCond
+
+SIZES = {
+    "tiny": (dict(num_layers=4, num_heads=4, head_dim=32, ffn_dim=512, text_dim=32), (16, 5, 16, 16)),
+    "wan1.3b": (dict(num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, text_dim=4096), (16, 21, 60, 104)),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_per_video(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def run(size: str, device: str, dtype: torch.dtype, repeats: int, shape: tuple[int, ...] | None = None) -> dict:
+    kwargs, default_shape = SIZES[size]
+    shape = shape or default_shape
+    dev = torch.device(device)
+    d = Denoiser(tiny_wan(seed=0, **kwargs), FlowSchedule(shift=5.0), "wan").to(dev, dtype)
+    d.add_adapter("student", 8, 8, ["to_q", "to_k", "to_v", "to_out.0"])
+    d.to(dev, dtype)
+    text_dim = kwargs["text_dim"]
+    cond = TextCond(torch.randn(1, 32, text_dim, device=dev, dtype=dtype), torch.ones(1, 32, dtype=torch.long, device=dev))
+    uncond = TextCond(torch.zeros_like(cond.embeds), cond.mask)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with torch.no_grad():
+        teacher = time_per_video(lambda: sample_teacher(d, cond, uncond, shape, 50, 5.0, g()), dev, repeats)
+        student = time_per_video(lambda: sample_consistency(d, cond, shape, 4, g()), dev, repeats)
+    bf16 = weight_bytes(copy.deepcopy(d.backbone).to(torch.bfloat16))
+    int8 = None
+    try:
+        q = copy.deepcopy(d)
+        prepare_for_inference(q, merge="student", quantize="int8")
+        int8 = weight_bytes(q.backbone)
+    except ImportError:
+        pass
+    return {"size": size, "device": device, "dtype": str(dtype), "latent": shape, "teacher_s": teacher,
+            "student_s": student, "bf16_mb": bf16 / 2**20, "int8_mb": None if int8 is None else int8 / 2**20,
+            "params_m": sum(p.numel() for n, p in d.backbone.named_parameters() if "lora_" not in n) / 1e6}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--frames", type=int, help="latent frames")
+    p.add_argument("--height", type=int, help="latent height")
+    p.add_argument("--width", type=int, help="latent width")
+    a = p.parse_args()
+    shape = (16, a.frames, a.height, a.width) if a.frames else None
+    r = run(a.size, a.device, getattr(torch, a.dtype), a.repeats, shape)
+    print(f"{r['size']} ({r['params_m']:.1f} M params), {r['device']}, {r['dtype']}, latent {tuple(r['latent'])}")
+    print("| sampler | network evaluations | sec / video |")
+    print("|---|---|---|")
+    print(f"| teacher, 50 steps, CFG | 100 | {r['teacher_s']:.4f} |")
+    print(f"| student, 4 steps | 4 | {r['student_s']:.4f} |")
+    print(f"teacher / student time: {r['teacher_s'] / r['student_s']:.1f}x")
+    if r["int8_mb"] is None:
+        print(f"weights bf16 {r['bf16_mb']:.1f} MB; int8 needs optimum-quanto (pip install 'turbo[quant]')")
+    else:
+        print(f"weights bf16 {r['bf16_mb']:.1f} MB, int8 {r['int8_mb']:.1f} MB: bf16 / int8 = "
+              f"{r['bf16_mb'] / r['int8_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
