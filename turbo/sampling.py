@@ -7,9 +7,17 @@
   predict the boundary-scaled x0, then re-noise it with fresh noise to the next timestep.
 
 All return latents B,C,F,H,W; decode them with ``VideoVAE.decode``.
+
+Each takes an optional ``after_step(x, t) -> x`` hook, called whenever the running sample ``x``
+has just been brought to timestep ``t``: on the initial noise (``t`` = the first timestep), after
+every step (``t`` = the next timestep) and on the result (``t=None``, clean). It may return a
+modified sample (``turbo.long_video`` uses it for RePaint-style replacement of known frames).
+Without it (the default) the samplers are unchanged, down to their random draws.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -18,6 +26,12 @@ from turbo.denoiser import Denoiser, Role
 from turbo.schedule import ConsistencyBoundary, lcm_timesteps
 from turbo.text import TextCond
 
+AfterStep = Callable[[Tensor, "int | None"], Tensor]
+
+
+def _hook(after_step: AfterStep | None, x: Tensor, t: int | None) -> Tensor:
+    return x if after_step is None else after_step(x, t)
+
 
 def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu") -> Tensor:
     return torch.randn(shape, generator=generator).to(device)
@@ -25,25 +39,28 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
 
 @torch.no_grad()
 def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
-                   steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher") -> Tensor:
+                   steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher",
+                   after_step: AfterStep | None = None) -> Tensor:
     """DDIM / Euler sampling with Imagen-form CFG (``guidance_scale`` 1 or ``uncond=None``: no CFG).
     ``shape`` = C,F,H,W of one latent; batch size = len(cond)."""
     x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
     timesteps = denoiser.schedule.inference_timesteps(steps).tolist()
+    x = _hook(after_step, x, timesteps[0])
     for i, t in enumerate(timesteps):
         if uncond is None or guidance_scale == 1.0:
             pred = denoiser(x, t, cond, role=role)
         else:
             pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role)
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        x = denoiser.schedule.ddim_step(pred.x0, pred.eps, t_prev)
+        x = _hook(after_step, denoiser.schedule.ddim_step(pred.x0, pred.eps, t_prev), t_prev)
     return x
 
 
 @torch.no_grad()
 def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...], steps: int,
                        generator: torch.Generator, *, grid_steps: int = 50, guidance: float | None = None,
-                       boundary: ConsistencyBoundary = ConsistencyBoundary(), role: Role = "student") -> Tensor:
+                       boundary: ConsistencyBoundary = ConsistencyBoundary(), role: Role = "student",
+                       after_step: AfterStep | None = None) -> Tensor:
     """LCM multistep sampling on the CD grid (``grid_steps`` = the objective's
     ``num_ddim_timesteps``): 4 steps of the 50-grid are 999, 759, 519, 279. ``guidance`` is the w
     fed to a student with a guidance embedding."""
@@ -52,35 +69,41 @@ def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...
     x = initial_noise((b, *shape), generator, cond.embeds.device)
     w = None if guidance is None else torch.full((b,), float(guidance), device=x.device)
     timesteps = lcm_timesteps(steps, schedule.ddim_grid(grid_steps)).tolist()
+    x = _hook(after_step, x, timesteps[0])
     for i, t in enumerate(timesteps):
         pred = denoiser(x, t, cond, role=role, guidance=w)
         c_skip, c_out = boundary(t, x)
         denoised = c_skip * x + c_out * pred.x0
         if i + 1 < len(timesteps):
-            x = schedule.add_noise(denoised, initial_noise(x.shape, generator, x.device), timesteps[i + 1])
+            x = _hook(after_step, schedule.add_noise(denoised, initial_noise(x.shape, generator, x.device),
+                                                     timesteps[i + 1]), timesteps[i + 1])
         else:
-            x = denoised
+            x = _hook(after_step, denoised, None)
     return x
 
 
 
 def _fixed_step_chain(denoiser: Denoiser, cond: TextCond, x: Tensor, timesteps: list[int], end: int | None,
-                      generator: torch.Generator, role: Role) -> Tensor:
+                      generator: torch.Generator, role: Role, after_step: AfterStep | None = None) -> Tensor:
     """At each timestep predict x0, then re-noise it with fresh noise to the next timestep (or to
-    ``end`` after the last one; ``end=None`` returns the last x0)."""
+    ``end`` after the last one; ``end=None`` returns the last x0). ``after_step`` is applied to
+    the sample after each step (not to the input ``x``)."""
     for i, t in enumerate(timesteps):
         x0 = denoiser(x, t, cond, role=role).x0
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else end
         x = x0 if nxt is None else denoiser.schedule.add_noise(x0, initial_noise(x.shape, generator, x.device), nxt)
+        x = _hook(after_step, x, nxt)
     return x
 
 
 @torch.no_grad()
 def sample_fixed_steps(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...], timesteps: list[int],
-                       generator: torch.Generator, role: Role = "student") -> Tensor:
+                       generator: torch.Generator, role: Role = "student",
+                       after_step: AfterStep | None = None) -> Tensor:
     """DMD2's multi-step student sampler on its fixed timestep list (e.g. 999, 749, 499, 249)."""
     x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
-    return _fixed_step_chain(denoiser, cond, x, list(timesteps), None, generator, role)
+    x = _hook(after_step, x, int(timesteps[0]))
+    return _fixed_step_chain(denoiser, cond, x, list(timesteps), None, generator, role, after_step)
 
 
 @torch.no_grad()
