@@ -170,7 +170,10 @@ def bench(windows: int, size: int, out: str, accumulate: bool = False) -> dict:
     with VideoWriter(out + ".warm.mp4") as w:  # warm-up: lazy inits, and a full encoder (below)
         # libx264 keeps a bounded lookahead (~50 frames, ~26 MB at 256x256) that fills over the
         # first frames of any file; fill it here so that filling is not mistaken for growth.
-        w.write(torch.zeros(64, 3, size, size))
+        # written in small chunks: ru_maxrss is a high-water mark, and one 64-frame tensor would
+        # raise it above what the measured run needs, hiding real growth
+        for _ in range(16):
+            w.write(torch.zeros(4, 3, size, size))
         generate_long(denoiser, vae, cond, None, num_windows=1, generator=torch.Generator().manual_seed(0),
                       writer=w, **kw)
     gc.collect()
