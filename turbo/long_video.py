@@ -153,6 +153,17 @@ def _peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
+def _live_tensor_kib() -> int:
+    """KiB of tensor storage reachable right now (each storage counted once). Deterministic, unlike
+    the process's resident size, which the allocator and the video encoder blur."""
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, Tensor) and obj.device.type == "cpu":
+            storage = obj.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values()) // 1024
+
+
 def bench(windows: int, size: int, out: str, accumulate: bool = False) -> dict:
     """Peak RSS growth (KiB over the peak after building the models and a warm-up window written
     after 64 blank frames, which fill libx264's bounded lookahead) of a
@@ -188,11 +199,19 @@ def bench(windows: int, size: int, out: str, accumulate: bool = False) -> dict:
             return video
 
         vae.decode = decode
+    live: list[int] = []
     with VideoWriter(out) as w:
+        write = w.write
+
+        def write_and_probe(frames: Tensor) -> None:  # called once per window, with its frames
+            live.append(_live_tensor_kib())
+            write(frames)
+
+        w.write = write_and_probe
         frames = generate_long(denoiser, vae, cond, None, num_windows=windows,
                                generator=torch.Generator().manual_seed(0), writer=w, **kw)
     return {"windows": windows, "frames": frames, "accumulate": accumulate, "base_kib": base,
-            "growth_kib": _peak_kib() - base, "kept": len(kept)}
+            "growth_kib": _peak_kib() - base, "live_peak_kib": max(live), "kept": len(kept)}
 
 
 def main(argv: list[str] | None = None) -> None:

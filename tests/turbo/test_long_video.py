@@ -103,9 +103,13 @@ def test_memory_does_not_grow_with_the_number_of_windows(tmp_path):
     with ThreadPoolExecutor(3) as pool:
         two, eight, kept = pool.map(lambda a: _bench(tmp_path, *a), [(2,), (8,), (8, True)])
     assert (two["frames"], eight["frames"], kept["kept"]) == (17, 65, 8)
-    limit = 1.1 * two["growth_kib"] + 2048  # 10% of the 2-window growth, + 2 MiB of allocator noise
-    print(f"peak growth KiB: 2 windows {two['growth_kib']}, 8 windows {eight['growth_kib']}, "
-          f"8 accumulating {kept['growth_kib']} (limit {limit:.0f})")
-    assert eight["growth_kib"] <= limit
+    # The bound is on the peak of live tensor storage, sampled as each window is written: the
+    # process's peak RSS (also reported) is a high-water mark that allocator and encoder buffers blur
+    # (seen: 0 KiB growth even for the accumulating variant in some runs).
+    limit = 1.1 * two["live_peak_kib"]
+    print(f"live tensor peak KiB: 2 windows {two['live_peak_kib']}, 8 windows {eight['live_peak_kib']}, "
+          f"8 accumulating {kept['live_peak_kib']} (limit {limit:.0f}); RSS growth KiB "
+          f"{two['growth_kib']} / {eight['growth_kib']} / {kept['growth_kib']}")
+    assert eight["live_peak_kib"] <= limit
     # keeping every decoded window (7 x 9 frames x 3 x 192 x 192 float32 ~ 27 MiB) must break it
-    assert kept["growth_kib"] > limit + 16 * 1024
+    assert kept["live_peak_kib"] > limit + 16 * 1024
