@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from distill.checkpoint import RunDir
 from distill.data import collate
 from distill.feedback import RewardFeedback
-from distill.objectives.base import Batch, Objective
+from distill.objectives.base import Batch, Objective, group_loss
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
 from turbo.lora import save_lora
@@ -155,14 +155,11 @@ def train_step(run: Run, step: int) -> dict:
     batch = load_batch(run, step)
     for group in run.objective.updates(step):
         with run.accelerator.autocast():
-            if group == "critic":
-                losses = run.objective.critic_loss(batch, step, gen)
-            else:
-                losses = run.objective.generator_loss(batch, step, gen)
-                if run.feedback and losses.x0 is not None:
-                    reward = run.feedback(losses.x0, batch.prompts, gen)
-                    losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
-                    metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
+            losses = group_loss(run.objective, group, batch, step, gen)
+            if run.feedback and losses.x0 is not None:  # the student's single-step prediction
+                reward = run.feedback(losses.x0, batch.prompts, gen)
+                losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
+                metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
         optimise(run.objective, run.optimizers, run.accelerator, group, losses, metrics)
     return metrics
 

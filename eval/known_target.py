@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from accelerate import Accelerator
 
-from distill.objectives.base import Batch, denoising_loss
+from distill.objectives.base import Batch, denoising_loss, group_loss
 from distill.objectives.cd import ConsistencyDistillation
 from distill.objectives.dmd2 import DMD2
 from distill.objectives.w2s import W2S
@@ -145,9 +145,7 @@ def distil(objective, world: World, text, s: Settings) -> float:
     for step in range(s.student_steps):
         batch = _batch(world, text, s.batch, g)
         for group in objective.updates(step):
-            losses = objective.critic_loss(batch, step, g) if group == "critic" else \
-                objective.generator_loss(batch, step, g)
-            optimise(objective, optimizers, accelerator, group, losses, {})
+            optimise(objective, optimizers, accelerator, group, group_loss(objective, group, batch, step, g), {})
     return (time.perf_counter() - t0) / s.student_steps
 
 

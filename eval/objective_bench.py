@@ -37,7 +37,7 @@ def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
     """Build, run one warm-up and one timed step; return peak MB above baseline and step seconds."""
     from accelerate import Accelerator
 
-    from distill.objectives.base import Batch
+    from distill.objectives.base import Batch, group_loss
     from distill.objectives.cd import ConsistencyDistillation
     from distill.objectives.dmd2 import DMD2
     from distill.objectives.w2s import W2S
@@ -64,8 +64,7 @@ def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
     for step in range(2):  # the first step allocates optimizer state: time the second
         t0 = time.perf_counter()
         for group in obj.updates(step):
-            losses = obj.critic_loss(b, step, g) if group == "critic" else obj.generator_loss(b, step, g)
-            optimise(obj, opts, acc, group, losses, {})
+            optimise(obj, opts, acc, group, group_loss(obj, group, b, step, g), {})
         times.append(time.perf_counter() - t0)
     base = sum(p.numel() for n, p in d.backbone.named_parameters() if "lora_" not in n)
     peak = _rss_mb() - base_mb

@@ -90,6 +90,13 @@ class Objective(Protocol):
         ...
 
 
+def group_loss(objective: Objective, group: str, batch: Batch, step: int, generator: torch.Generator) -> Losses:
+    """The loss of one parameter group at ``step``: the critic's, or the generator's for the rest."""
+    if group == "critic":
+        return objective.critic_loss(batch, step, generator)
+    return objective.generator_loss(batch, step, generator)
+
+
 def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> dict[str, dict[str, Any]]:
     """Validate ``objective.optim``: exactly one entry per trainable group, each with OPTIM_KEYS.
     ``None`` (objectives built in code) gives every group DEFAULT_OPTIM."""
