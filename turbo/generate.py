@@ -34,10 +34,12 @@ from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teache
 from turbo.schedule import ConsistencyBoundary
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
-from turbo.video import write_video
+from turbo.inference import prepare_for_inference
+from turbo.long_video import generate_long
+from turbo.video import VideoWriter, read_video, write_video
 
-TOP_LEVEL_KEYS = {"model", "mode", "prompts", "prompt_file", "negative_prompt", "seeds", "lora", "sampler",
-                  "video", "fps", "device"}
+TOP_LEVEL_KEYS = {"model", "mode", "prompts", "prompt_file", "negative_prompt", "seeds", "lora", "sampler", "long",
+                  "inference", "video", "fps", "device"}
 MODES = ("t2v",)
 NOT_YET = ("i2v", "t2i2v")
 SAMPLERS = {"teacher": {"steps", "guidance_scale"},
@@ -174,6 +176,11 @@ def load(cfg: DictConfig) -> Pipeline:
         add_student(denoiser, Path(str(cfg.lora)))
         role = "student"
     denoiser.to(device).eval()
+    inf = cfg.inference
+    if inf.merge_lora and cfg.lora is None:
+        raise ConfigError("inference.merge_lora=true needs a student: set lora=<run>/student")
+    prepare_for_inference(denoiser, merge="student" if inf.merge_lora else None, quantize=inf.quantize,
+                          attention_backend=inf.attention_backend, compile=bool(inf.compile))
     return Pipeline(text, vae, denoiser, role, device)
 
 
@@ -203,6 +210,27 @@ def sample_latents(pipe: Pipeline, cfg: DictConfig, prompt: str, seed: int) -> T
     return sample_fixed_steps(pipe.denoiser, cond, shape, [int(t) for t in s.fixed.timesteps], gen, role=pipe.role)
 
 
+def write_long(pipe: Pipeline, cfg: DictConfig, prompt: str, seed: int, path: Path) -> Path:
+    """A ``long.windows``-window video streamed to ``path`` (turbo/long_video.py)."""
+    v, s, lg = cfg.video, cfg.sampler, cfg.long
+    settings: dict = {"timesteps": tuple(int(t) for t in s.fixed.timesteps)} if s.name == "fixed" else \
+        {"steps": int(s[s.name].steps)}
+    if s.name == "teacher":
+        settings["guidance_scale"] = float(s.teacher.guidance_scale)
+    if s.name == "consistency":
+        c = s.consistency
+        settings.update(grid_steps=int(c.grid_steps), guidance=None if c.guidance is None else float(c.guidance),
+                        boundary=ConsistencyBoundary(float(c.sigma_data), float(c.timestep_scaling)))
+    cond = pipe.text([prompt]).to(pipe.device)
+    uncond = pipe.text([cfg.negative_prompt]).to(pipe.device) if s.name == "teacher" else None
+    with VideoWriter(path, fps=cfg.fps) as writer:
+        generate_long(pipe.denoiser, pipe.vae, cond, uncond, window_latent_frames=pipe.vae.latent_frames(v.num_frames),
+                      overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=s.name,
+                      generator=torch.Generator().manual_seed(int(seed)), writer=writer,
+                      height=int(v.height), width=int(v.width), role=pipe.role, **settings)
+    return Path(path)
+
+
 def slug(prompt: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit].rstrip("_") or "prompt"
 
@@ -220,10 +248,16 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     paths, firsts, rows = [], [], []
     for i, (prompt, seed) in enumerate(tqdm(jobs, desc="generate", unit="video")):
         t0 = time.perf_counter()
-        latents = sample_latents(pipe, cfg, prompt, seed)
-        video = pipe.vae.decode(latents)[0].float().cpu()  # F,3,H,W in [0,1]
+        name = out / f"{i:03d}_{seed}_{slug(prompt)}.mp4"
+        if cfg.long.windows > 1:
+            path, video = write_long(pipe, cfg, prompt, seed, name), None
+        else:
+            latents = sample_latents(pipe, cfg, prompt, seed)
+            video = pipe.vae.decode(latents)[0].float().cpu()  # F,3,H,W in [0,1]
+            path = write_video(name, video, fps=cfg.fps)
         seconds = time.perf_counter() - t0
-        path = write_video(out / f"{i:03d}_{seed}_{slug(prompt)}.mp4", video, fps=cfg.fps)
+        if video is None:
+            video, _ = read_video(path, num_frames=1)
         paths.append(path)
         firsts.append(video[0])
         rows.append({"file": path.name, "prompt": prompt, "seed": seed, "sampler": cfg.sampler.name,

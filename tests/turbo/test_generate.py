@@ -171,3 +171,33 @@ def test_cli_runs_and_errors_are_one_line(tmp_path, student):
                          ([f"lora={unet}"], f"{unet}/pytorch_lora_weights.safetensors")]:
         r = _cli([f"hydra.run.dir={tmp_path}/bad", *args], tmp_path)
         assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_long_videos_stream_windows_into_one_mp4(tmp_path, student):
+    _, folder = student
+    cfg = cfg_for(f"lora={folder}", "sampler.name=fixed", "sampler.fixed.timesteps=[999,499]", "long.windows=3",
+                  "long.overlap=1", "prompts=[a red circle moving right]")
+    (path,) = generate(cfg, tmp_path)
+    # 9 frames for the first window, then 8 new ones per window (the overlap's one frame is skipped)
+    assert video_info(path).frames == 9 + 2 * 8
+    assert Image.open(tmp_path / "grid.png").size[0] > 0
+
+
+def test_merged_lora_samples_like_the_kept_lora(tmp_path, student):
+    _, folder = student
+    kept = sample_latents(load(cfg_for(f"lora={folder}", "sampler.name=consistency")), cfg_for(
+        "sampler.name=consistency"), "a red circle moving right", 3)
+    cfg = cfg_for(f"lora={folder}", "sampler.name=consistency", "inference.merge_lora=true")
+    merged = sample_latents(load(cfg), cfg, "a red circle moving right", 3)
+    torch.testing.assert_close(merged, kept, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="inference.merge_lora"):
+        load(cfg_for("inference.merge_lora=true"))
+
+
+def test_int8_generation_runs(tmp_path, student):
+    pytest.importorskip("optimum.quanto")
+    _, folder = student
+    cfg = cfg_for(f"lora={folder}", "sampler.name=consistency", "inference.merge_lora=true", "inference.quantize=int8",
+                  "prompts=[a blue square moving up]")
+    (path,) = generate(cfg, tmp_path)
+    assert video_info(path).frames == 9
