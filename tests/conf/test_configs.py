@@ -79,6 +79,7 @@ def _cli(args, cwd):
     return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_sweep_runs_two_jobs(tmp_path):
     r = _cli(["-m", "experiment=smoke", "objective.loss=huber,l2", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -88,6 +89,7 @@ def test_cli_sweep_runs_two_jobs(tmp_path):
     assert {OmegaConf.load(p).objective.loss for p in losses} == {"huber", "l2"}
 
 
+@pytest.mark.slow
 def test_cli_sweep_over_objectives(tmp_path):
     r = _cli(["-m", "experiment=smoke", "objective=cd,dmd2,w2s", f"hydra.sweep.dir={tmp_path}/sweep"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -96,6 +98,7 @@ def test_cli_sweep_over_objectives(tmp_path):
     assert len(list((tmp_path / "sweep").glob("*/DONE"))) == 3
 
 
+@pytest.mark.slow
 def test_cli_unknown_key_is_one_clear_error(tmp_path):
     r = _cli(["experiment=smoke", "train.stepz=3", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert r.returncode != 0

@@ -160,6 +160,7 @@ def _cli(args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_runs_and_errors_are_one_line(tmp_path, student):
     _, folder = student
     r = _cli([f"hydra.run.dir={tmp_path}/run", f"lora={folder}", "sampler.name=consistency", *FAST], tmp_path)
