@@ -329,6 +329,8 @@ def preprocess_images(
     interpolation: Literal["bicubic", "bilinear"] = "bicubic",
     *,
     match_pil: bool = False,
+    crop: int | None = None,
+    crop_anchor: Literal["round", "floor"] = "round",
 ) -> Tensor:
     """Differentiable CLIP preprocessing: resize shorter side, center-crop, normalise.
 
@@ -344,6 +346,10 @@ def preprocess_images(
     the uint8 roundings (of the input and after each pass), the gradient of Pillow's linear
     resampling otherwise; pixels Pillow clipped to 0 or 255 pass no gradient. Off by default
     (torchvision parity).
+
+    crop: the centre-crop size when it differs from the resize (``CLIPImageProcessor``'s
+    shortest_edge / crop_size; default ``size``); crop_anchor: torchvision rounds the offset,
+    transformers floors it (``(new - crop) // 2``).
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"preprocess_images: expected images N,3,H,W, found shape {tuple(images.shape)}")
@@ -358,9 +364,12 @@ def preprocess_images(
         x = pil_resize_levels(to_uint8_levels(x), new_h, new_w, interpolation) / 255  # as ToTensor
     elif (new_h, new_w) != (height, width):  # same skip as torchvision (bicubic at scale 1 is exact anyway)
         x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=True)
-    top = int(round((new_h - size) / 2.0))  # torchvision's center-crop anchor
-    left = int(round((new_w - size) / 2.0))
-    x = x[..., top : top + size, left : left + size]
+    crop = size if crop is None else crop
+    if crop_anchor == "round":  # torchvision's center-crop anchor
+        top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    else:  # transformers'
+        top, left = (new_h - crop) // 2, (new_w - crop) // 2
+    x = x[..., top : top + crop, left : left + crop]
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, pil_resize_levels, resized_shape, to_uint8_levels
+from rewards.base import OPENAI_MEAN, OPENAI_STD, preprocess_images
 from rewards.clip import CLIPReward
 from rewards.loading import check_keys
 
@@ -61,18 +61,8 @@ def processor_pixels(
         raise ValueError(f"processor_pixels: expected images N,3,H,W, found shape {tuple(images.shape)}")
     if crop > resize:
         raise ValueError(f"processor_pixels: crop ({crop}) larger than the resized shorter side ({resize}) is not supported")
-    x = images.float()
-    height, width = x.shape[-2:]
-    new_h, new_w = resized_shape(height, width, resize)
-    if match_pil:
-        x = pil_resize_levels(to_uint8_levels(x), new_h, new_w, interpolation) / 255  # as rescale(1/255)
-    elif (new_h, new_w) != (height, width):
-        x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=True)
-    top, left = (new_h - crop) // 2, (new_w - crop) // 2
-    x = x[..., top : top + crop, left : left + crop]
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return preprocess_images(images, resize, mean, std, interpolation, match_pil=match_pil, crop=crop,
+                             crop_anchor="floor")
 
 
 class HFCLIPEncoders(nn.Module):
