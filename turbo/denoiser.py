@@ -23,6 +23,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
+from turbo.families import get_family
 from turbo.schedule import Schedule
 from turbo.text import TextCond
 
@@ -66,18 +67,14 @@ class GuidanceEmbedding(nn.Module):
 class Denoiser(nn.Module):
     """Backbone + schedule + adapter roles. Latents are B,C,F,H,W (diffusers' video layout).
 
-    ``family`` chooses the call convention: "wan" (``WanTransformer3DModel``: hidden_states,
-    timestep, encoder_hidden_states) or "unet3d" (``UNet3DConditionModel``: sample, timestep,
-    encoder_hidden_states).
+    ``family`` names the call convention (``turbo.families.FAMILIES``: "wan" for
+    ``WanTransformer3DModel``, "unet3d" for ``UNet3DConditionModel``, ...).
     """
-
-    FAMILIES = ("wan", "unet3d")
 
     def __init__(self, backbone: nn.Module, schedule: Schedule, family: str,
                  time_embedding_module: str | None = None):
         super().__init__()
-        if family not in self.FAMILIES:
-            raise ValueError(f"model.family must be one of {self.FAMILIES}, found {family!r}")
+        self.spec = get_family(family)
         self.backbone = backbone.requires_grad_(False)
         self.schedule = schedule
         self.family = family
@@ -207,10 +204,7 @@ class Denoiser(nn.Module):
     def raw(self, x_t: Tensor, t: Tensor, cond: TextCond) -> Tensor:
         """The backbone's raw output in the active role."""
         tm = self.schedule.model_timestep(t).to(x_t.device)
-        emb = cond.embeds.to(x_t.dtype)
-        if self.family == "wan":
-            return self.backbone(hidden_states=x_t, timestep=tm, encoder_hidden_states=emb, return_dict=False)[0]
-        return self.backbone(sample=x_t, timestep=tm, encoder_hidden_states=emb, return_dict=False)[0]
+        return self.spec.call(self.backbone, x_t, tm, cond)
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: TextCond, *, role: Role = "teacher",
                 guidance: Tensor | None = None) -> Pred:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser, Role
-from turbo.lora import GUIDANCE, PREFIX, WEIGHTS, load_lora
+from turbo.lora import GUIDANCE, WEIGHTS, load_lora
 from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
 from turbo.schedule import ConsistencyBoundary
 from turbo.text import TextEncoder
@@ -141,7 +141,7 @@ def add_student(denoiser: Denoiser, folder: Path) -> None:
     config = lora_config(folder)
     with safe_open(str(path), framework="pt") as f:
         found = sorted({k.split(".", 1)[0] for k in f.keys()})
-    want = PREFIX[denoiser.family]
+    want = denoiser.spec.lora_prefix
     if want not in found:
         raise ValueError(f"{path}: is a LoRA of another model: its keys start with {found}, but this "
                          f"{type(denoiser.backbone).__name__} (model.family={denoiser.family}) needs {want!r}.* keys")

@@ -23,12 +23,11 @@ from turbo.denoiser import Denoiser
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 GUIDANCE = "guidance_embedding.safetensors"
-PREFIX = {"wan": "transformer", "unet3d": "unet"}
 
 
 def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
     """Write ``adapter`` to ``folder`` atomically; returns the folder."""
-    prefix = PREFIX[denoiser.family]
+    prefix = denoiser.spec.lora_prefix
     state = get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter)
     state = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
     config = denoiser.backbone.peft_config[adapter].to_dict()
@@ -46,7 +45,7 @@ def load_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> None:
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file():
         raise FileNotFoundError(f"{folder}: expected {WEIGHTS} inside it, found none")
-    prefix = PREFIX[denoiser.family] + "."
+    prefix = denoiser.spec.lora_prefix + "."
     state = {k[len(prefix):]: v for k, v in load_file(folder / WEIGHTS).items() if k.startswith(prefix)}
     result = set_peft_model_state_dict(denoiser.backbone, state, adapter_name=adapter)
     unexpected = getattr(result, "unexpected_keys", None) or []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -10,24 +11,52 @@ from torch import Tensor, nn
 
 @dataclass
 class TextCond:
-    """Text conditioning. ``embeds``: B,L,D float (padding positions zeroed, as Wan's pipeline
-    does); ``mask``: B,L long (1 on real tokens)."""
+    """The conditioning a backbone gets besides (x_t, t).
+
+    ``embeds``: B,L,D float token embeddings (padding positions zeroed, as Wan's pipeline does);
+    ``mask``: B,L long (1 on real tokens). Optional, for the families that use them:
+    ``pooled``: B,P pooled text embedding (SDXL, SD3, Flux, HunyuanVideo);
+    ``image_latents``: B,C',F,h,w I2V conditioning concatenated to x_t on channels (the first
+    frame's latent padded over time, plus mask channels; ``turbo.i2v``);
+    ``image_embeds``: B,N,E image tokens (Wan I2V's CLIP vision features).
+    """
 
     embeds: Tensor
     mask: Tensor
+    pooled: Tensor | None = None
+    image_latents: Tensor | None = None
+    image_embeds: Tensor | None = None
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    def _map(self, fn) -> "TextCond":
+        return TextCond(*(None if v is None else fn(name, v) for name, v in self._fields()))
+
+    def _fields(self):
+        return [(f, getattr(self, f)) for f in ("embeds", "mask", "pooled", "image_latents", "image_embeds")]
+
     @staticmethod
     def cat(conds: list["TextCond"]) -> "TextCond":
-        return TextCond(torch.cat([c.embeds for c in conds]), torch.cat([c.mask for c in conds]))
+        values = []
+        for name in ("embeds", "mask", "pooled", "image_latents", "image_embeds"):
+            parts = [getattr(c, name) for c in conds]
+            if all(p is None for p in parts):
+                values.append(None)
+            elif any(p is None for p in parts):
+                raise ValueError(f"TextCond.cat: {name} is set on some conditions and not on others")
+            else:
+                values.append(torch.cat(parts))
+        return TextCond(*values)
 
     def repeat(self, n: int) -> "TextCond":
-        return TextCond(self.embeds.repeat(n, 1, 1), self.mask.repeat(n, 1))
+        return self._map(lambda _, v: v.repeat(n, *([1] * (v.ndim - 1))))
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TextCond":
-        return TextCond(self.embeds.to(device=device, dtype=dtype), self.mask.to(device))
+        return self._map(lambda name, v: v.to(device) if name == "mask" else v.to(device=device, dtype=dtype))
+
+    def replace(self, **changes) -> "TextCond":
+        return dataclasses.replace(self, **changes)
 
 
 class TextEncoder(nn.Module):

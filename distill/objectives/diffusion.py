@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from distill.objectives.base import Batch, Losses, check_optim, denoising_loss
 from turbo.atomic import atomic_dir
 from turbo.denoiser import Denoiser
-from turbo.lora import PREFIX
 from turbo.sampling import sample_teacher
 from turbo.text import TextCond
 
@@ -110,4 +109,4 @@ class Diffusion:
         fresh = type(backbone).from_config(backbone.config)
         fresh.load_state_dict(clean_state_dict(backbone))
         with atomic_dir(Path(folder) / "teacher") as tmp:
-            fresh.save_pretrained(tmp / PREFIX[self.denoiser.family])
+            fresh.save_pretrained(tmp / self.denoiser.spec.subfolder)

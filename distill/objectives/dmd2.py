@@ -74,9 +74,7 @@ class GANHead(nn.Module):
 
 def middle_module(denoiser: Denoiser) -> str:
     """Default GAN feature layer: the middle transformer block (Wan) or the mid block (UNet3D)."""
-    if denoiser.family == "wan":
-        return f"blocks.{len(denoiser.backbone.blocks) // 2}"
-    return "mid_block"
+    return denoiser.spec.middle_module(denoiser.backbone)
 
 
 def _out_channels(module: nn.Module) -> int:

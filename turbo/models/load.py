@@ -13,10 +13,10 @@ from pathlib import Path
 import diffusers
 import transformers
 
+from turbo.families import get_family
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 
-BACKBONE_CLASSES = {"wan": ("transformer", "WanTransformer3DModel"), "unet3d": ("unet", "UNet3DConditionModel")}
 
 
 def _component(path: str | Path, subfolder: str, key: str) -> tuple[Path, dict]:
@@ -32,9 +32,8 @@ def _component(path: str | Path, subfolder: str, key: str) -> tuple[Path, dict]:
 
 def load_backbone(path: str, family: str, key: str = "model.path"):
     """The denoising network of ``family`` from ``path/<transformer|unet>``."""
-    if family not in BACKBONE_CLASSES:
-        raise ValueError(f"model.family must be one of {list(BACKBONE_CLASSES)}, found {family!r}")
-    subfolder, expected = BACKBONE_CLASSES[family]
+    spec = get_family(family)
+    subfolder, expected = spec.subfolder, spec.backbone_class
     root, config = _component(path, subfolder, key)
     found = config.get("_class_name")
     if found != expected:
