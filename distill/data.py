@@ -20,6 +20,7 @@ import torch.nn.functional as nnf
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from turbo.toy.split import training_specs
 from turbo.toy.world import ToyWorld
 from turbo.video import read_video
 
@@ -33,17 +34,29 @@ def _check_index(index: int, length: int, name: str) -> None:
 
 
 class ToyVideoDataset(Dataset):
-    """``size`` clips from the toy world: item ``i`` is ``ToyWorld(...).sample(i)``, same every epoch."""
+    """``size`` clips from the toy world: item ``i`` is ``ToyWorld(...).sample(i)``, same every epoch.
+
+    ``split``: "train" draws only the one-object scenes of ``turbo.toy.split.training_specs`` (so
+    ToyBench's held-out prompts stay unseen); "all" draws from the whole world (``max_objects``).
+    """
 
     has_videos = True
 
     def __init__(
-        self, size: int, num_frames: int, height: int, width: int, max_objects: int = 1, seed: int = 0
+        self, size: int, num_frames: int, height: int, width: int, max_objects: int = 1, seed: int = 0,
+        split: str = "train",
     ) -> None:
         if size < 1:
             raise ValueError(f"data.size must be >= 1, found {size}")
+        if split not in ("train", "all"):
+            raise ValueError(f"data.split must be 'train' or 'all', found {split!r}")
+        if split == "train" and max_objects != 1:
+            raise ValueError(f"data.split=train holds one-object scenes only; found data.max_objects={max_objects} "
+                             f"(use data.split=all for multi-object scenes)")
         self.size = size
-        self.world = ToyWorld(num_frames=num_frames, height=height, width=width, max_objects=max_objects, seed=seed)
+        specs = training_specs() if split == "train" else None
+        self.world = ToyWorld(num_frames=num_frames, height=height, width=width, max_objects=max_objects,
+                              seed=seed, specs=specs)
 
     def __len__(self) -> int:
         return self.size

@@ -36,7 +36,6 @@ set drawn from ``ToyWorld.sample`` does overlap the held-out prompts unless it k
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -45,7 +44,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from turbo.toy.world import BACKGROUND, COLOURS, MOTIONS, SHAPES, SceneSpec, ToyWorld, parse_caption
+from turbo.toy.split import stream_seed, split_specs
+from turbo.toy.world import BACKGROUND, COLOURS, SceneSpec, ToyWorld, parse_caption
 
 __all__ = [
     "FEATURES", "NORMALISATION", "PALETTE_NAMES", "QUALITY_DIMENSIONS", "SEMANTIC_DIMENSIONS", "Blobs",
@@ -415,36 +415,6 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
 
 # ---------------------------------------------------------------- the benchmark
 
-def _seed(*parts: object) -> int:
-    """A 64-bit seed from ``parts`` by hashing, independent of any global RNG state."""
-    digest = hashlib.blake2b(":".join(map(str, ("turbo.eval.toybench", *parts))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-def split_specs(seed: int = 0, heldout_fraction: float = 0.2) -> tuple[list[SceneSpec], list[SceneSpec]]:
-    """``(training, held_out)``: the one-object specs of ``ToyWorld.specs()`` dealt in rounds.
-
-    The (colour, shape) pairs are shuffled by ``seed``; round ``r`` gives pair ``p`` motion
-    ``(p + r) mod 5`` (of a seeded order of motions), so each round holds every pair once and the
-    motions equally often. The held-out part is the first ``round(heldout_fraction * 120)`` specs
-    of that order: at 0.2, one round, i.e. every (colour, shape) pair with one motion it never has
-    in training, while every colour, shape and motion is still seen in training.
-    """
-    specs = ToyWorld.specs()
-    count = round(heldout_fraction * len(specs))
-    if not 0 < count < len(specs):
-        raise ValueError(f"heldout_fraction must leave both parts non-empty, found {heldout_fraction}")
-    generator = torch.Generator().manual_seed(_seed("split", seed))
-    pairs = [(c, s) for c in COLOURS for s in SHAPES]
-    pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=generator).tolist()]
-    motions = [list(MOTIONS)[i] for i in torch.randperm(len(MOTIONS), generator=generator).tolist()]
-    by_key = {(o.colour, o.shape, o.motion): spec for spec in specs for o in spec.objects}
-    dealt = [by_key[(c, s, motions[(p + r) % len(motions)])]
-             for r in range(len(motions)) for p, (c, s) in enumerate(pairs)]
-    held_out = dealt[:count]
-    return [s for s in specs if s not in set(held_out)], held_out
-
-
 @dataclass(frozen=True)
 class ToyBenchResult:
     """``raw``: per-dimension scores (means over prompts of means over their videos); ``scores``: the
@@ -512,7 +482,7 @@ class ToyBench:
                 for p in (self.prompts if prompts is None else prompts)}
 
     def _render(self, prompt: str, *stream: object) -> Tensor:
-        generator = torch.Generator().manual_seed(_seed(*stream, prompt))
+        generator = torch.Generator().manual_seed(stream_seed(*stream, prompt))
         return self.world.render(parse_caption(prompt), generator)
 
     def _reference_features(self, prompts: Sequence[str]) -> Tensor:

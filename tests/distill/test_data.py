@@ -10,8 +10,20 @@ from turbo.toy.world import ToyWorld, parse_caption
 from turbo.video import VideoReadError, write_video
 
 
+def test_toy_dataset_train_split_never_shows_a_heldout_prompt():
+    from turbo.toy.split import split_specs
+
+    _, held_out = split_specs()
+    data = ToyVideoDataset(size=400, num_frames=1, height=8, width=8)
+    prompts = {data[i]["prompt"] for i in range(len(data))}
+    assert not prompts & {s.caption() for s in held_out}
+    assert len(prompts) > 80  # most of the 96 training scenes appear
+    with pytest.raises(ValueError, match="data.max_objects"):
+        ToyVideoDataset(size=4, num_frames=1, height=8, width=8, max_objects=2)
+
+
 def test_toy_dataset_items_are_world_samples():
-    data = ToyVideoDataset(size=6, num_frames=8, height=24, width=40, max_objects=2, seed=5)
+    data = ToyVideoDataset(size=6, num_frames=8, height=24, width=40, max_objects=2, seed=5, split="all")
     assert len(data) == 6 and ToyVideoDataset.has_videos
     item = data[3]
     assert set(item) == {"prompt", "video"}

@@ -136,7 +136,8 @@ class ToyWorld:
     """Captioned clips of ``max_objects`` or fewer shapes; ``F,3,H,W`` float32 in [0, 1]."""
 
     def __init__(
-        self, num_frames: int = 16, height: int = 32, width: int = 32, max_objects: int = 1, seed: int = 0
+        self, num_frames: int = 16, height: int = 32, width: int = 32, max_objects: int = 1, seed: int = 0,
+        specs: list[SceneSpec] | None = None,
     ) -> None:
         if num_frames < 1 or height < 8 or width < 8:
             raise ValueError(
@@ -148,6 +149,9 @@ class ToyWorld:
             )
         self.num_frames, self.height, self.width = num_frames, height, width
         self.max_objects, self.seed = max_objects, seed
+        if specs is not None and (not specs or max_objects != 1):
+            raise ValueError("ToyWorld specs= restricts one-object scenes: it needs max_objects=1 and a non-empty list")
+        self.allowed = None if specs is None else list(specs)
 
     @staticmethod
     def specs() -> list[SceneSpec]:
@@ -155,7 +159,10 @@ class ToyWorld:
         return [SceneSpec((ObjectSpec(c, s, m),)) for c, s, m in itertools.product(COLOURS, SHAPES, MOTIONS)]
 
     def sample_spec(self, generator: torch.Generator) -> SceneSpec:
-        """1..max_objects objects; in a multi-object scene the colours differ so each object is identifiable."""
+        """1..max_objects objects; in a multi-object scene the colours differ so each object is identifiable.
+        With ``specs`` given at construction, one of those, uniformly."""
+        if self.allowed is not None:
+            return self.allowed[int(torch.randint(len(self.allowed), (), generator=generator))]
         count = int(torch.randint(1, self.max_objects + 1, (), generator=generator))
         colours = [list(COLOURS)[i] for i in torch.randperm(len(COLOURS), generator=generator)[:count].tolist()]
         return SceneSpec(tuple(ObjectSpec(c, _choice(SHAPES, generator), _choice(MOTIONS, generator)) for c in colours))
