@@ -107,7 +107,7 @@ class RunDir:
     def write_config(self, text: str) -> None:
         atomic_write_text(self.path / "config.yaml", text)
 
-    def write_report(self, cfg: DictConfig, history: list[dict], timings: dict) -> None:
+    def write_report(self, cfg: DictConfig, history: list[dict], timings: dict, evaluation: str = "") -> None:
         last = history[-1] if history else {}
         s = cfg.samples
         lines = [
@@ -128,6 +128,8 @@ class RunDir:
                   f"Student speed-up: {t / st:.1f}x per video, before the VAE decode "
                   f"({timings.get('decode', float('nan')):.4f} s / video, the same for both).",
                   "Samples: samples/*.mp4. Student LoRA: student/.", ""]
+        if evaluation:
+            lines += ["## Evaluation", "", evaluation, ""]
         atomic_write_text(self.path / "report.md", "\n".join(lines))
 
     def mark_done(self, summary: dict) -> None:

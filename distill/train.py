@@ -37,7 +37,7 @@ from turbo.vae import VideoVAE
 from turbo.video import write_video
 
 TOP_LEVEL_KEYS = {"model", "objective", "reward", "data", "video", "seed", "device", "precision", "resume",
-                  "overwrite", "student", "train", "samples"}
+                  "overwrite", "student", "train", "samples", "eval"}
 
 
 @dataclass
@@ -176,7 +176,9 @@ def train(run: Run) -> None:
         run.history.append(metrics)
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
-            bar.set_postfix(loss=f"{metrics.get('student/loss', float('nan')):.4f}")
+            first = next((k for k in metrics if k.endswith("/loss")), None)
+            if first:
+                bar.set_postfix({first: f"{metrics[first]:.4f}"})
             if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
                 run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints)
 
@@ -207,6 +209,34 @@ def sample_videos(run: Run) -> dict:
     return timings
 
 
+@torch.no_grad()
+def evaluate(run: Run) -> tuple[dict, str]:
+    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none): the teacher at
+    ``samples.teacher_steps`` with CFG against the student at ``samples.student_steps``, decoded
+    videos B,F,3,H,W in [0, 1] from each. The config names the evaluator, so distill/ never
+    imports eval/; any object with ``compare(samplers, out=...) -> (results, markdown)`` fits."""
+    if run.cfg.get("eval") is None:
+        return {}, ""
+    bench = build(run.cfg.eval, "eval")
+    s, v = run.cfg.samples, run.cfg.video
+    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
+
+    def teacher(prompts: list[str], seed: int):
+        latents = sample_teacher(run.denoiser, run.text(prompts), run.text([""] * len(prompts)), shape,
+                                 s.teacher_steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
+        return run.vae.decode(latents)
+
+    def student(prompts: list[str], seed: int):
+        latents = run.objective.sample(run.text(prompts), shape, s.student_steps, torch.Generator().manual_seed(seed),
+                                       guidance=s.student_guidance)
+        return run.vae.decode(latents)
+
+    samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher}
+    if "student" in run.objective.trainable():
+        samplers[f"student, {s.student_steps} steps"] = student
+    return bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps)
+
+
 def finish(run: Run) -> None:
     if not run.accelerator.is_main_process:
         return
@@ -214,8 +244,10 @@ def finish(run: Run) -> None:
         save_lora(run.denoiser, "student", run.out.path / "student")
     run.objective.export(run.out.path)
     timings = sample_videos(run)
-    run.out.write_report(run.cfg, run.history, timings)
-    run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings})
+    results, table = evaluate(run)
+    run.out.write_report(run.cfg, run.history, timings, evaluation=table)
+    run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings,
+                       "eval": results})
 
 
 def run_training(cfg: DictConfig, run_dir: Path) -> Run:

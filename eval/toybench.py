@@ -550,3 +550,62 @@ class ToyBench:
             for prompt, video in zip(self.prompts, batch):
                 videos[prompt].append(video)
         return self.evaluate(videos)
+
+    def compare(self, samplers: Mapping[str, Callable[[list[str], int], Tensor]], out: str | None = None,
+                videos_per_prompt: int = 1, seed: int = 0, save_videos: int = 4,
+                fps: int = 8) -> tuple[dict[str, dict], str]:
+        """Score several samplers side by side on the held-out prompts (the end of ``turbo-train``).
+
+        ``samplers``: name -> ``generate(prompts, seed)`` returning ``B,F,3,H,W`` in [0, 1]. Each is
+        timed (seconds per video, the whole call: sampling and decoding). Prints a table, writes it
+        to ``out/toybench.md`` with the first ``save_videos`` videos of each sampler as mp4s, and
+        returns ``({name: {"quality", "semantic", "total", "sec_per_video", <semantic dimensions>}},
+        the markdown table)``.
+        """
+        import time
+        from pathlib import Path
+
+        from turbo.video import write_video
+
+        rows: dict[str, dict] = {}
+        for name, generate in samplers.items():
+            saved: list[tuple[str, Tensor]] = []
+
+            def timed(prompts: list[str], s: int, generate=generate, saved=saved) -> Tensor:
+                t0 = time.perf_counter()
+                videos = generate(prompts, s)
+                timed.seconds += time.perf_counter() - t0
+                saved.extend(list(zip(prompts, videos))[: max(0, save_videos - len(saved))])
+                return videos
+
+            timed.seconds = 0.0
+            result = self.evaluate_generator(timed, videos_per_prompt=videos_per_prompt, seed=seed)
+            rows[name] = {"quality": result.quality, "semantic": result.semantic, "total": result.total,
+                          "sec_per_video": timed.seconds / (len(self.prompts) * videos_per_prompt),
+                          **{d: result.scores[d] for d in SEMANTIC_DIMENSIONS}}
+            if out is not None:
+                for i, (prompt, video) in enumerate(saved):
+                    write_video(Path(out) / "toybench" / f"{_slug(name)}_{i:02d}_{prompt.replace(' ', '_')}.mp4",
+                                video, fps=fps)
+        table = compare_table(rows, num_prompts=len(self.prompts), videos_per_prompt=videos_per_prompt)
+        print(table)
+        if out is not None:
+            from turbo.atomic import atomic_write_text
+
+            atomic_write_text(Path(out) / "toybench.md", table + "\n")
+        return rows, table
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, videos_per_prompt: int) -> str:
+    """A markdown table of ``ToyBench.compare`` results, one row per sampler."""
+    lines = [f"ToyBench on {num_prompts} held-out prompts x {videos_per_prompt} video(s) (0..100)", "",
+             "| sampler | Quality | Semantic | Total | colour | shape | motion | count | s / video |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['quality']:.1f} | {r['semantic']:.1f} | {r['total']:.1f} | {r['colour']:.1f} | "
+                     f"{r['shape']:.1f} | {r['motion']:.1f} | {r['count']:.1f} | {r['sec_per_video']:.3f} |")
+    return "\n".join(lines)

@@ -5,6 +5,9 @@
 (eps / v for VP schedules, velocity for flow), with each prompt replaced by "" with probability
 ``cond_dropout`` so that the trained network supports classifier-free guidance.
 
+``ema`` > 0 keeps an exponential moving average of the trained weights (decay ``ema`` per step),
+checkpointed with them and exported instead of the raw weights (teachers sample better from it).
+
 ``train: base`` trains the backbone's own weights (the teacher role: adapters off). That is how a
 toy teacher is made from a seeded random network; the result is exported as a diffusers folder
 (``<run>/teacher/transformer`` or ``unet``) that ``turbo.models.load_backbone`` reads, and the
@@ -32,8 +35,10 @@ def drop_prompts(cond: TextCond, uncond: TextCond, p: float, generator: torch.Ge
         return cond
     drop = torch.rand(len(cond), generator=generator) < p
     keep = (~drop).to(cond.embeds.device)
-    return TextCond(torch.where(keep[:, None, None], cond.embeds, uncond.embeds),
-                    torch.where(keep[:, None], cond.mask, uncond.mask))
+    pooled = None if cond.pooled is None else torch.where(keep[:, None], cond.pooled, uncond.pooled)
+    # only the text is dropped: I2V image latents / tokens stay (CFG's unconditional half keeps the image)
+    return cond.replace(embeds=torch.where(keep[:, None, None], cond.embeds, uncond.embeds),
+                        mask=torch.where(keep[:, None], cond.mask, uncond.mask), pooled=pooled)
 
 
 def clean_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
@@ -47,7 +52,7 @@ class Diffusion:
     needs_videos = True
 
     def __init__(self, denoiser: Denoiser, train: str = "base", cond_dropout: float = 0.1,
-                 optim: dict | None = None, student: str = "student"):
+                 optim: dict | None = None, student: str = "student", ema: float = 0.0):
         if train not in ("base", "student"):
             raise ValueError(f"objective.train must be 'base' or 'student', found {train!r}")
         if not 0.0 <= cond_dropout < 1.0:
@@ -57,6 +62,9 @@ class Diffusion:
         self.group = "model" if self.train_base else student
         self.role = "teacher" if self.train_base else student
         self.cond_dropout = cond_dropout
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"objective.ema must lie in [0, 1) (0 = off), found {ema}")
+        self.ema_decay = ema
         self.optim = check_optim(optim, [self.group])
         if self.train_base:
             self._params = [p for n, p in denoiser.backbone.named_parameters() if "lora_" not in n]
@@ -64,6 +72,8 @@ class Diffusion:
                 p.requires_grad_(True)
         else:
             self._params = denoiser.adapter_parameters(student)
+        # An exponential moving average of the trained weights (train: base only): what is exported
+        self.ema = [p.detach().clone() for p in self._params] if ema > 0 and self.train_base else None
 
     def trainable(self) -> dict[str, list[nn.Parameter]]:
         return {self.group: self._params}
@@ -80,8 +90,10 @@ class Diffusion:
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         raise RuntimeError("plain diffusion training has no critic")  # updates() never asks for it
 
+    @torch.no_grad()
     def after_step(self, group: str) -> None:
-        pass
+        if self.ema is not None:
+            torch._foreach_lerp_(self.ema, [p.detach() for p in self._params], 1.0 - self.ema_decay)
 
     def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
                guidance: float | None = None) -> Tensor:
@@ -90,7 +102,12 @@ class Diffusion:
         return sample_teacher(self.denoiser, cond, None, shape, steps, 1.0, generator, role=self.role)
 
     def extra_state(self) -> dict[str, Tensor]:
-        return clean_state_dict(self.denoiser.backbone) if self.train_base else {}
+        if not self.train_base:
+            return {}
+        state = clean_state_dict(self.denoiser.backbone)
+        if self.ema is not None:
+            state.update({f"ema.{i}": e for i, e in enumerate(self.ema)})
+        return state
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         if self.train_base:
@@ -99,6 +116,9 @@ class Diffusion:
                 for k, v in own.items():
                     if "lora_" not in k:
                         v.copy_(state[k.replace(".base_layer.", ".")])
+                if self.ema is not None:
+                    for i, e in enumerate(self.ema):
+                        e.copy_(state[f"ema.{i}"])
 
     def export(self, folder: Path) -> None:
         """``train: base`` -> ``folder/teacher/<transformer|unet>``: a diffusers folder of the trained
@@ -108,5 +128,11 @@ class Diffusion:
         backbone = self.denoiser.backbone
         fresh = type(backbone).from_config(backbone.config)
         fresh.load_state_dict(clean_state_dict(backbone))
+        if self.ema is not None:  # export the averaged weights (same order as self._params)
+            names = [n.replace(".base_layer.", ".") for n, p in backbone.named_parameters() if "lora_" not in n]
+            own = dict(fresh.named_parameters())
+            with torch.no_grad():
+                for name, e in zip(names, self.ema):
+                    own[name].copy_(e)
         with atomic_dir(Path(folder) / "teacher") as tmp:
             fresh.save_pretrained(tmp / self.denoiser.spec.subfolder)

@@ -40,6 +40,19 @@ def test_default_run_writes_every_output(tmp_path):
     assert (tmp_path / "DONE").is_file() and "speed-up" in (tmp_path / "report.md").read_text()
 
 
+def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, capsys):
+    run_training(cfg_for("eval=toybench", "eval.num_prompts=2", "eval.reference_per_prompt=2"), tmp_path)
+    done = json.loads((tmp_path / "DONE").read_text())
+    names = list(done["eval"])
+    assert [n.split(",")[0] for n in names] == ["teacher", "student"] and "4 steps" in names[0] and "2 steps" in names[1]
+    for row in done["eval"].values():
+        assert 0 <= row["total"] <= 100 and row["sec_per_video"] > 0
+    table = (tmp_path / "eval" / "toybench.md").read_text()
+    assert table.strip() in (tmp_path / "report.md").read_text()
+    assert "Semantic" in table and table.splitlines()[0] in capsys.readouterr().out
+    assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 4  # 2 prompts x 2 samplers
+
+
 @pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"], ["objective=diffusion"]],
                          ids=["cd", "dmd2_gan", "diffusion_base"])
 def test_killed_run_resumes_with_identical_losses(tmp_path, monkeypatch, objective):

@@ -86,3 +86,68 @@ def register(name: str, recipe: dict, root: Path | None = None) -> dict:
     atomic_write_text(root / "MANIFEST.json", json.dumps(entries, indent=2, sort_keys=True) + "\n")
     _verified.discard(str(folder.resolve()))
     return entries[name]
+
+
+# --- shipping a trained teacher -------------------------------------------------------------------
+def ship(run_dir: str | Path, name: str, command: str, root: Path | None = None) -> dict:
+    """Copy a finished ``objective=diffusion train=base`` run into shipped asset ``name``: its
+    exported backbone (``<run>/teacher/<transformer|unet>``), the frozen text encoder and tokenizer
+    its config builds, and the recipe (command, seed, steps, final loss = mean of the last 50
+    steps, date) read from the run's config.yaml and metrics.jsonl."""
+    import datetime
+    import shutil
+    import statistics
+
+    from omegaconf import OmegaConf
+
+    from turbo.config import build
+
+    run = Path(run_dir)
+    if not (run / "DONE").is_file():
+        raise FileNotFoundError(f"{run} is not a finished run (no DONE marker)")
+    cfg = OmegaConf.load(run / "config.yaml")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [m["diffusion"] for m in lines if "diffusion" in m]
+    if not losses:
+        raise ValueError(f"{run}/metrics.jsonl has no 'diffusion' loss: ship() takes objective=diffusion runs")
+    root = WEIGHTS if root is None else Path(root)
+    folder = root / name
+    exported = [p for p in (run / "teacher").iterdir() if p.is_dir()]
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for component in exported:
+        shutil.copytree(component, folder / component.name)
+    text = build(cfg.model.text_encoder, "model.text_encoder")
+    text.model.save_pretrained(folder / "text_encoder")
+    text.tokenizer.save_pretrained(folder / "tokenizer")
+    recipe = {
+        "command": command, "seed": int(cfg.seed), "steps": len(losses),
+        "batch_size": int(cfg.train.batch_size), "video": OmegaConf.to_container(cfg.video),
+        "first_losses": [round(v, 6) for v in losses[:5]],
+        "final_loss": round(statistics.fmean(losses[-50:]), 6),
+        "date": datetime.date.today().isoformat(),
+    }
+    return register(name, recipe, root)
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m turbo.toy.assets",
+                                     description="check or ship the toy weights in turbo/toy/weights")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="verify every shipped file against MANIFEST.json")
+    s = sub.add_parser("ship", help="ship a finished objective=diffusion run as a toy teacher")
+    s.add_argument("run"), s.add_argument("name"), s.add_argument("--command", required=True)
+    args = parser.parse_args(argv)
+    if args.cmd == "check":
+        for name in manifest():
+            print(f"{name}: ok ({len(manifest()[name]['files'])} files)", asset(name))
+    else:
+        entry = ship(args.run, args.name, args.command)
+        print(json.dumps(entry["recipe"], indent=2))
+
+
+if __name__ == "__main__":
+    _main()
