@@ -30,6 +30,7 @@ from distill.feedback import RewardFeedback
 from distill.objectives.base import Batch, Objective, group_loss
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
+from turbo.i2v import ImageConditioner, build_i2v
 from turbo.lora import save_lora
 from turbo.sampling import sample_teacher
 from turbo.text import TextEncoder
@@ -54,6 +55,7 @@ class Run:
     optimizers: dict[str, torch.optim.Optimizer]
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    i2v: ImageConditioner | None = None  # model.i2v: first frame -> image latents / tokens
 
 
 # --- setup -------------------------------------------------------------------------------------
@@ -83,9 +85,13 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"objective={objective.name} needs real videos, but data ({type(dataset).__name__}) "
                           f"gives prompts only")
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
+    i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
+    if i2v is not None and not dataset.has_videos:
+        raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
+                          f"but data ({type(dataset).__name__}) gives prompts only")
 
     optimizers = make_optimizers(objective, accelerator)
-    run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers)
+    run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v)
     if cfg.resume:
         run.step = out.load_latest(denoiser, objective, optimizers)
         run.history = out.read_metrics(upto=run.step)
@@ -107,7 +113,11 @@ def load_batch(run: Run, step: int) -> Batch:
     latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
     v = run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
-    return Batch(prompts, run.text(prompts), run.text([""] * len(prompts)), shape, latents)
+    cond, uncond = run.text(prompts), run.text([""] * len(prompts))
+    if run.i2v is not None:  # I2V: the clean video's first frame conditions both CFG halves (as Wan's pipeline)
+        cond, uncond = run.i2v.apply([cond, uncond], items["video"][:, 0].to(device), v.num_frames,
+                                     first_latent=latents[:, :, :1])
+    return Batch(prompts, cond, uncond, shape, latents)
 
 
 def step_generator(run: Run, step: int) -> torch.Generator:
@@ -211,8 +221,9 @@ def sample_videos(run: Run) -> dict:
 
 @torch.no_grad()
 def evaluate(run: Run) -> tuple[dict, str]:
-    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none): the teacher at
-    ``samples.teacher_steps`` with CFG against the student at ``samples.student_steps``, decoded
+    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none): the teacher with CFG
+    at ``samples.teacher_steps`` and at ``samples.student_steps`` against the student at
+    ``samples.student_steps`` (what distillation buys over just taking fewer steps), decoded
     videos B,F,3,H,W in [0, 1] from each. The config names the evaluator, so distill/ never
     imports eval/; any object with ``compare(samplers, out=...) -> (results, markdown)`` fits."""
     if run.cfg.get("eval") is None:
@@ -221,9 +232,9 @@ def evaluate(run: Run) -> tuple[dict, str]:
     s, v = run.cfg.samples, run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
 
-    def teacher(prompts: list[str], seed: int):
+    def teacher(prompts: list[str], seed: int, steps: int = s.teacher_steps):
         latents = sample_teacher(run.denoiser, run.text(prompts), run.text([""] * len(prompts)), shape,
-                                 s.teacher_steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
+                                 steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
         return run.vae.decode(latents)
 
     def student(prompts: list[str], seed: int):
@@ -231,7 +242,9 @@ def evaluate(run: Run) -> tuple[dict, str]:
                                        guidance=s.student_guidance)
         return run.vae.decode(latents)
 
-    samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher}
+    samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher,
+                f"teacher, {s.student_steps} steps, CFG {s.teacher_guidance}":
+                    lambda prompts, seed: teacher(prompts, seed, s.student_steps)}
     if "student" in run.objective.trainable():
         samplers[f"student, {s.student_steps} steps"] = student
     return bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps)

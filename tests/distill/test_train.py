@@ -44,13 +44,14 @@ def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, c
     run_training(cfg_for("eval=toybench", "eval.num_prompts=2", "eval.reference_per_prompt=2"), tmp_path)
     done = json.loads((tmp_path / "DONE").read_text())
     names = list(done["eval"])
-    assert [n.split(",")[0] for n in names] == ["teacher", "student"] and "4 steps" in names[0] and "2 steps" in names[1]
+    assert [n.split(",")[0] for n in names] == ["teacher", "teacher", "student"]
+    assert "4 steps" in names[0] and "2 steps" in names[1] and "2 steps" in names[2]
     for row in done["eval"].values():
         assert 0 <= row["total"] <= 100 and row["sec_per_video"] > 0
     table = (tmp_path / "eval" / "toybench.md").read_text()
     assert table.strip() in (tmp_path / "report.md").read_text()
     assert "Semantic" in table and table.splitlines()[0] in capsys.readouterr().out
-    assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 4  # 2 prompts x 2 samplers
+    assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 6  # 2 prompts x 3 samplers
 
 
 @pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"], ["objective=diffusion"]],

@@ -19,6 +19,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 from turbo.models.tiny import _seeded, tiny_wan
 from turbo.text import TextEncoder
 from turbo.toy.vocab import MAX_LENGTH, VOCAB, toy_tokenizer
+from turbo.toy.world import parse_caption
 from turbo.vae import VideoVAE
 
 # Per-channel mean / std of the world's pixels in [-1, 1], measured on 512 clips of
@@ -74,19 +75,54 @@ def toy_text_encoder_model(seed: int = 0, dim: int = 32, num_layers: int = 2) ->
     return _seeded(seed, lambda: UMT5EncoderModel(config))
 
 
-def toy_text_encoder(seed: int = 0, dim: int = 32, num_layers: int = 2) -> TextEncoder:
+class ToyTextEncoder(TextEncoder):
+    """A TextEncoder that accepts only captions of the toy grammar (and "" for CFG's unconditional
+    half): a prompt the world cannot show fails here with the word that is wrong, instead of being
+    silently mapped to <unk> tokens."""
+
+    def forward(self, prompts: list[str]):
+        if not isinstance(prompts, str):
+            for prompt in dict.fromkeys(prompts):
+                if isinstance(prompt, str) and prompt.strip():
+                    parse_caption(prompt)  # raises CaptionError naming the offending word
+        return super().forward(prompts)
+
+
+def toy_text_encoder(seed: int = 0, dim: int = 32, num_layers: int = 2) -> ToyTextEncoder:
     """The word-level toy text encoder (before it is shipped with a teacher)."""
-    return TextEncoder(toy_text_encoder_model(seed, dim, num_layers), toy_tokenizer(), MAX_LENGTH)
+    return ToyTextEncoder(toy_text_encoder_model(seed, dim, num_layers), toy_tokenizer(), MAX_LENGTH)
 
 
 def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = None, num_layers: int = 4,
-            num_heads: int = 4, head_dim: int = 24, ffn_dim: int = 384, text_dim: int = 32):
-    """The toy teachers' Wan2.1-architecture backbone (``WanTransformer3DModel``), random init:
-    4 layers, width 96, patch (1, 2, 2) on the 12-channel pixel latent (one token per 4x4 pixels)."""
-    backbone = tiny_wan(seed=seed, in_channels=in_channels, num_layers=num_layers, num_heads=num_heads,
-                        head_dim=head_dim, ffn_dim=ffn_dim, text_dim=text_dim)
-    if out_channels is not None and out_channels != in_channels:
-        raise ValueError("toy_wan: out_channels differs from in_channels only for I2V (use toy_wan_i2v)")
+            num_heads: int = 4, head_dim: int = 16, ffn_dim: int = 256, text_dim: int = 32,
+            init: str | None = None):
+    """The toy teachers' Wan2.1-architecture backbone (``WanTransformer3DModel``): 4 layers, width
+    64, patch (1, 2, 2) on the 12-channel pixel latent (one token per 4x4 pixels).
+
+    ``init``: start from shipped toy teacher ``init`` instead of random weights (the T2V teacher
+    starts from the T2I one, the I2V teacher from the T2V one). Extra input channels (I2V's
+    first-frame latent and mask) get zero weights in the patch embedding, so the initialised
+    network computes exactly what ``init`` does until training teaches it to read them.
+    """
+    backbone = tiny_wan(seed=seed, in_channels=in_channels, out_channels=out_channels, num_layers=num_layers,
+                        num_heads=num_heads, head_dim=head_dim, ffn_dim=ffn_dim, text_dim=text_dim)
+    if init is None:
+        return backbone
+    source = shipped_backbone(init).state_dict()
+    own = backbone.state_dict()
+    for name, value in source.items():
+        if name not in own:
+            raise ValueError(f"model.backbone.init={init!r}: its weight {name} has no place in this backbone")
+        target = own[name]
+        if name == "patch_embedding.weight" and value.shape[1] <= target.shape[1] and value.shape[0] == target.shape[0]:
+            padded = torch.zeros_like(target)
+            padded[:, : value.shape[1]] = value
+            value = padded
+        if value.shape != target.shape:
+            raise ValueError(f"model.backbone.init={init!r}: {name} is {tuple(value.shape)} there, "
+                             f"{tuple(target.shape)} here (the architecture numbers must match)")
+        own[name] = value
+    backbone.load_state_dict(own)
     return backbone
 
 
@@ -98,9 +134,10 @@ def shipped_backbone(name: str, family: str = "wan"):
     return load_backbone(str(asset(name)), family, key=f"toy teacher {name!r}")
 
 
-def shipped_text_encoder(name: str) -> TextEncoder:
+def shipped_text_encoder(name: str) -> ToyTextEncoder:
     """The frozen text encoder shipped with toy teacher ``name`` (checksums checked)."""
     from turbo.models.load import load_text_encoder
     from turbo.toy.assets import asset
 
-    return load_text_encoder(str(asset(name)), max_length=MAX_LENGTH, key=f"toy teacher {name!r}")
+    loaded = load_text_encoder(str(asset(name)), max_length=MAX_LENGTH, key=f"toy teacher {name!r}")
+    return ToyTextEncoder(loaded.model, loaded.tokenizer, MAX_LENGTH)
