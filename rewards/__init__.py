@@ -1,7 +1,8 @@
 """Reward models behind one protocol (``rewards.base``) and their weighted mixture.
 
-The CLIP names are imported lazily: ``import open_clip`` costs seconds, and code
-that only needs the protocol or the mixture should not pay for it.
+The CLIP and toy names are imported lazily: ``import open_clip`` (and transformers, which the
+toy vocabulary imports) costs seconds, and code that only needs the protocol or the mixture
+should not pay for it.
 """
 
 from rewards.base import (
@@ -15,6 +16,7 @@ from rewards.base import (
 from rewards.mixture import MixedReward, MixtureOutput, RewardTerm, build_mixture
 
 _LAZY = {"CLIPReward", "tiny_clip_model", "tiny_clip_reward", "open_clip_reward"}
+_LAZY_TOY = {"ToyImageText", "ToyVideoText", "load_toy_reward", "train_toy_reward"}
 
 __all__ = [
     "OPENAI_MEAN",
@@ -28,6 +30,7 @@ __all__ = [
     "RewardTerm",
     "build_mixture",
     *sorted(_LAZY),
+    *sorted(_LAZY_TOY),
 ]
 
 
@@ -36,4 +39,8 @@ def __getattr__(name: str):
         from rewards import clip
 
         return getattr(clip, name)
+    if name in _LAZY_TOY:
+        from rewards import toy
+
+        return getattr(toy, name)
     raise AttributeError(f"module 'rewards' has no attribute {name!r}")

@@ -16,6 +16,14 @@ from typing import Iterator
 import torch
 
 
+def _umask_mode(directory: bool) -> int:
+    """The mode a plain open()/mkdir() would give: mkstemp/mkdtemp create 0600/0700 files, which
+    would make run outputs and shipped weights unreadable to other users."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` (an older
@@ -28,6 +36,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, _umask_mode(directory=True))
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -43,6 +52,7 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, _umask_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -55,4 +65,5 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, _umask_mode(directory=False))
     os.replace(tmp, path)
