@@ -1,7 +1,16 @@
-"""``turbo-generate``: sample videos from a teacher or a trained student LoRA (text -> video).
+"""``turbo-generate``: sample videos from teachers or trained student LoRAs.
 
-    load(cfg)             config -> text encoder, VAE, Denoiser (+ the student adapter read from
-                          the LoRA folder: rank, alpha and targets from its safetensors metadata)
+Modes (``mode=``):
+
+- ``t2v``: text -> video with a text-to-video model (``model``);
+- ``i2v``: a given first frame (``image=<png/jpg>``, resized to cover and centre-cropped to the video
+  size) + text -> video with an image-to-video model (a ``model`` config with an ``i2v`` node);
+- ``t2i2v``: the factored pipeline (Magic 1-For-1, ``turbo.pipeline.t2i2v``): text -> first frame
+  with ``image_stage.model`` (a one-frame video of any text-to-image or text-to-video model, with its
+  own ``image_stage.lora`` and ``image_stage.sampler``) -> video with the I2V ``model``.
+
+    load(cfg)             config -> the video stage (text encoder, VAE, Denoiser + the student adapter
+                          read from the LoRA folder: rank, alpha and targets from its safetensors metadata)
     sample_latents(...)   one (prompt, seed) -> latents, with the configured sampler
     generate(cfg, out)    every prompt x seed -> ``{index:03d}_{seed}_{slug}.mp4``, ``grid.png``
                           (first frames, one row per prompt) and ``prompts.jsonl``
@@ -17,43 +26,24 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from safetensors import safe_open
+from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from turbo.config import ConfigError, build
-from turbo.denoiser import Denoiser, Role
-from turbo.lora import GUIDANCE, WEIGHTS, load_lora
-from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
-from turbo.schedule import ConsistencyBoundary
-from turbo.text import TextEncoder
-from turbo.vae import VideoVAE
-from turbo.inference import prepare_for_inference
+from turbo.config import ConfigError
+from turbo.i2v import load_image
 from turbo.long_video import generate_long
+from turbo.pipeline import Stage, check_lora_folder, load_stage, sampler_from_config, t2i2v
 from turbo.video import VideoWriter, read_video, write_video
 
 TOP_LEVEL_KEYS = {"model", "mode", "prompts", "prompt_file", "negative_prompt", "seeds", "lora", "sampler", "long",
-                  "inference", "video", "fps", "device"}
-MODES = ("t2v",)
-NOT_YET = ("i2v", "t2i2v")
-SAMPLERS = {"teacher": {"steps", "guidance_scale"},
-            "consistency": {"steps", "grid_steps", "guidance", "sigma_data", "timestep_scaling"},
-            "fixed": {"timesteps"}}
-
-
-@dataclass
-class Pipeline:
-    text: TextEncoder
-    vae: VideoVAE
-    denoiser: Denoiser
-    role: Role  # "student" with a LoRA, else "teacher"
-    device: torch.device
+                  "inference", "video", "fps", "device", "image", "image_stage"}
+MODES = ("t2v", "i2v", "t2i2v")
+IMAGE_STAGE_KEYS = {"model", "lora", "sampler"}
 
 
 # --- config checks (before any model is built) --------------------------------------------------
@@ -61,28 +51,42 @@ def check_config(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"unknown config keys {unknown}; turbo-generate reads {sorted(TOP_LEVEL_KEYS)}")
-    if cfg.mode in NOT_YET:
-        raise ConfigError(f"mode={cfg.mode} is not implemented yet: turbo-generate supports only mode=t2v for now")
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode={cfg.mode!r} is not a mode; choose t2v ({', '.join(NOT_YET)}: not implemented yet)")
-    name = cfg.sampler.get("name")
-    if name not in SAMPLERS:
-        raise ConfigError(f"sampler.name={name!r} is not a sampler; choose one of {sorted(SAMPLERS)}")
-    extra = sorted(set(cfg.sampler[name].keys()) - SAMPLERS[name]) if name in cfg.sampler else []
-    if name not in cfg.sampler or extra:
-        raise ConfigError(f"sampler.{name} must hold {sorted(SAMPLERS[name])}"
-                          + (f"; unknown keys {extra}" if extra else f", found no sampler.{name}"))
-    if name == "fixed" and not list(cfg.sampler.fixed.timesteps):
-        raise ConfigError("sampler.fixed.timesteps must list at least one timestep, e.g. [999, 749, 499, 249]")
+    mode = cfg.mode
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r} is not a mode; choose one of {', '.join(MODES)}")
+    sampler = sampler_from_config(cfg.sampler, "sampler")
     if not seeds_of(cfg):
         raise ConfigError("seeds must list at least one seed, e.g. seeds=[0,1]")
-    if cfg.lora is not None:
-        folder = Path(str(cfg.lora))
-        if not folder.is_dir():
-            raise FileNotFoundError(f"lora={folder}: no such folder; expected a student folder written by "
-                                    f"turbo-train (<run>/student) holding {WEIGHTS}")
-        if not (folder / WEIGHTS).is_file():
-            raise FileNotFoundError(f"lora={folder}: expected {WEIGHTS} inside it, found none")
+    check_lora_folder(cfg.lora, "lora")
+    name = cfg.model.get("name", "?")
+    if mode == "t2v" and cfg.model.get("i2v") is not None:
+        raise ConfigError(f"model={name} is an image-to-video model (it has model.i2v): use mode=i2v with "
+                          f"image=<an image file>, or mode=t2i2v; mode=t2v needs a text-to-video model")
+    if mode in ("i2v", "t2i2v") and cfg.model.get("i2v") is None:
+        raise ConfigError(f"mode={mode} needs an image-to-video model (a model config with an i2v node, e.g. "
+                          f"model=tiny_wan_i2v), found model={name} without model.i2v")
+    if mode == "i2v" and cfg.image is None:
+        raise ConfigError("mode=i2v needs image=<an image file (png, jpg, ...)> for the first frame, found image=null")
+    if mode != "i2v" and cfg.image is not None:
+        raise ConfigError(f"image={cfg.image} is read by mode=i2v only, found mode={mode} "
+                          f"(t2i2v makes its first frame with image_stage.model)")
+    if mode == "t2i2v":
+        stage = cfg.image_stage
+        extra = sorted(set(stage.keys()) - IMAGE_STAGE_KEYS)
+        if extra:
+            raise ConfigError(f"unknown keys {extra} in image_stage; expected {sorted(IMAGE_STAGE_KEYS)}")
+        if stage.model.get("i2v") is not None:
+            raise ConfigError(f"image_stage.model={stage.model.get('name', '?')} is an image-to-video model: the "
+                              f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
+        sampler_from_config(stage.sampler, "image_stage.sampler")
+        check_lora_folder(stage.lora, "image_stage.lora")
+    if cfg.long.windows > 1:
+        if mode != "t2v":
+            raise ConfigError(f"long.windows={cfg.long.windows} (sliding-window videos) is for mode=t2v only, "
+                              f"found mode={mode}")
+        if sampler.name == "teacher" and sampler.grid != "index":
+            raise ConfigError(f"long.windows > 1 samples on the index grid: set sampler.teacher.grid=index, "
+                              f"found {sampler.grid}")
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:
@@ -114,118 +118,58 @@ def resolve_device(device: str) -> torch.device:
 
 
 # --- models -------------------------------------------------------------------------------------
-def lora_config(folder: Path) -> dict:
-    """The peft LoRA config ``turbo.lora.save_lora`` wrote into the weights' safetensors metadata."""
-    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
-
-    path = folder / WEIGHTS
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # not a safetensors file
-        raise ValueError(f"{path}: cannot be read as a safetensors file ({e})") from None
-    if LORA_ADAPTER_METADATA_KEY not in meta:
-        raise ValueError(f"{path}: has no LoRA config in its metadata ({LORA_ADAPTER_METADATA_KEY!r}); "
-                         f"turbo-generate reads LoRAs written by turbo-train")
-    config = json.loads(meta[LORA_ADAPTER_METADATA_KEY])
-    missing = [k for k in ("r", "lora_alpha", "target_modules") if config.get(k) is None]
-    if missing:
-        raise ValueError(f"{path}: its LoRA config lacks {missing}")
-    return config
-
-
-def add_student(denoiser: Denoiser, folder: Path) -> None:
-    """Add the "student" adapter shaped as the LoRA file says, then load its weights. Any LoRA that
-    does not fit this backbone is one ValueError naming the file."""
-    path = folder / WEIGHTS
-    config = lora_config(folder)
-    with safe_open(str(path), framework="pt") as f:
-        found = sorted({k.split(".", 1)[0] for k in f.keys()})
-    want = denoiser.spec.lora_prefix
-    if want not in found:
-        raise ValueError(f"{path}: is a LoRA of another model: its keys start with {found}, but this "
-                         f"{type(denoiser.backbone).__name__} (model.family={denoiser.family}) needs {want!r}.* keys")
-    targets = config["target_modules"]
-    targets = [targets] if isinstance(targets, str) else sorted(targets)
-    try:
-        denoiser.add_adapter("student", rank=int(config["r"]), alpha=float(config["lora_alpha"]),
-                             target_modules=targets, guidance_embedding=(folder / GUIDANCE).is_file())
-    except ValueError as e:
-        raise ValueError(f"{path}: its target modules {targets} do not fit this "
-                         f"{type(denoiser.backbone).__name__} (is it a LoRA of another model?): {e}") from None
-    try:
-        load_lora(denoiser, "student", folder)
-    except RuntimeError as e:  # shape mismatches from load_state_dict
-        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-        raise ValueError(f"{path}: does not fit this {type(denoiser.backbone).__name__} "
-                         f"(is it a LoRA of another model?): {details[0] if details else e}"
-                         + (f" (and {len(details) - 1} more)" if len(details) > 1 else "")) from None
-
-
-def load(cfg: DictConfig) -> Pipeline:
+def load(cfg: DictConfig) -> Stage:
+    """The video stage: ``model`` with ``lora`` (if set), ``sampler`` and ``inference``."""
     check_config(cfg)
-    device = resolve_device(str(cfg.device))
-    m = cfg.model
-    text = build(m.text_encoder, "model.text_encoder").to(device)
-    vae = build(m.vae, "model.vae").to(device)
-    vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
-    denoiser = Denoiser(build(m.backbone, "model.backbone"), build(m.schedule, "model.schedule"), m.family,
-                        m.get("time_embedding_module"))
-    role: Role = "teacher"
-    if cfg.lora is not None:
-        add_student(denoiser, Path(str(cfg.lora)))
-        role = "student"
-    denoiser.to(device).eval()
-    inf = cfg.inference
-    if inf.merge_lora and cfg.lora is None:
+    if cfg.inference.merge_lora and cfg.lora is None:
         raise ConfigError("inference.merge_lora=true needs a student: set lora=<run>/student")
-    prepare_for_inference(denoiser, merge="student" if inf.merge_lora else None, quantize=inf.quantize,
-                          attention_backend=inf.attention_backend, compile=bool(inf.compile))
-    return Pipeline(text, vae, denoiser, role, device)
+    stage = load_stage(cfg.model, sampler_from_config(cfg.sampler), resolve_device(str(cfg.device)),
+                       lora=cfg.lora, inference=cfg.inference)
+    stage.vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
+    return stage
+
+
+def load_image_stage(cfg: DictConfig) -> Stage:
+    """mode=t2i2v's text -> first-frame stage: ``image_stage.model`` with its own LoRA and sampler."""
+    s = cfg.image_stage
+    stage = load_stage(s.model, sampler_from_config(s.sampler, "image_stage.sampler"), resolve_device(str(cfg.device)),
+                       lora=s.lora, inference=cfg.inference, key="image_stage.model", lora_key="image_stage.lora")
+    stage.vae.check_video_size(1, cfg.video.height, cfg.video.width, key="video")
+    return stage
 
 
 # --- sampling -----------------------------------------------------------------------------------
 def sampler_steps(cfg: DictConfig) -> int:
-    s = cfg.sampler
-    return len(s.fixed.timesteps) if s.name == "fixed" else int(s[s.name].steps)
+    return sampler_from_config(cfg.sampler).num_steps
+
+
+def first_frame_of(cfg: DictConfig) -> Tensor:
+    """mode=i2v's first frame: ``image`` as 3,H,W in [0, 1] at the video size."""
+    return load_image(str(cfg.image), int(cfg.video.height), int(cfg.video.width), key="image")
 
 
 @torch.no_grad()
-def sample_latents(pipe: Pipeline, cfg: DictConfig, prompt: str, seed: int) -> Tensor:
-    """One video's latents (1,C,f,h,w) for ``prompt`` with noise from ``seed``."""
-    v, s = cfg.video, cfg.sampler
-    shape = pipe.vae.latent_shape(v.num_frames, v.height, v.width)
-    cond = pipe.text([prompt]).to(pipe.device)
-    gen = torch.Generator().manual_seed(int(seed))
-    if s.name == "teacher":
-        uncond = pipe.text([cfg.negative_prompt]).to(pipe.device)
-        return sample_teacher(pipe.denoiser, cond, uncond, shape, int(s.teacher.steps),
-                              float(s.teacher.guidance_scale), gen, role=pipe.role)
-    if s.name == "consistency":
-        c = s.consistency
-        return sample_consistency(pipe.denoiser, cond, shape, int(c.steps), gen, grid_steps=int(c.grid_steps),
-                                  guidance=None if c.guidance is None else float(c.guidance),
-                                  boundary=ConsistencyBoundary(float(c.sigma_data), float(c.timestep_scaling)),
-                                  role=pipe.role)
-    return sample_fixed_steps(pipe.denoiser, cond, shape, [int(t) for t in s.fixed.timesteps], gen, role=pipe.role)
+def sample_latents(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, first_frame: Tensor | None = None) -> Tensor:
+    """One video's latents (1,C,f,h,w) for ``prompt`` with noise from ``seed``; an I2V stage needs
+    ``first_frame`` (3,H,W in [0, 1])."""
+    v = cfg.video
+    return pipe.latents([prompt], int(v.num_frames), int(v.height), int(v.width), torch.Generator().manual_seed(int(seed)),
+                        cfg.negative_prompt, None if first_frame is None else first_frame[None])
 
 
-def write_long(pipe: Pipeline, cfg: DictConfig, prompt: str, seed: int, path: Path) -> Path:
+def write_long(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, path: Path) -> Path:
     """A ``long.windows``-window video streamed to ``path`` (turbo/long_video.py)."""
-    v, s, lg = cfg.video, cfg.sampler, cfg.long
-    settings: dict = {"timesteps": tuple(int(t) for t in s.fixed.timesteps)} if s.name == "fixed" else \
-        {"steps": int(s[s.name].steps)}
-    if s.name == "teacher":
-        settings["guidance_scale"] = float(s.teacher.guidance_scale)
-    if s.name == "consistency":
-        c = s.consistency
-        settings.update(grid_steps=int(c.grid_steps), guidance=None if c.guidance is None else float(c.guidance),
-                        boundary=ConsistencyBoundary(float(c.sigma_data), float(c.timestep_scaling)))
+    v, lg, sm = cfg.video, cfg.long, pipe.sampler
+    settings: dict = {"timesteps": sm.timesteps} if sm.name == "fixed" else {"steps": sm.steps}
+    if sm.name == "teacher":
+        settings["guidance_scale"] = sm.guidance_scale
+    if sm.name == "consistency":
+        settings.update(grid_steps=sm.grid_steps, guidance=sm.guidance, boundary=sm.boundary)
     cond = pipe.text([prompt]).to(pipe.device)
-    uncond = pipe.text([cfg.negative_prompt]).to(pipe.device) if s.name == "teacher" else None
+    uncond = pipe.text([cfg.negative_prompt]).to(pipe.device) if sm.name == "teacher" else None
     with VideoWriter(path, fps=cfg.fps) as writer:
         generate_long(pipe.denoiser, pipe.vae, cond, uncond, window_latent_frames=pipe.vae.latent_frames(v.num_frames),
-                      overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=s.name,
+                      overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=sm.name,
                       generator=torch.Generator().manual_seed(int(seed)), writer=writer,
                       height=int(v.height), width=int(v.width), role=pipe.role, **settings)
     return Path(path)
@@ -235,13 +179,20 @@ def slug(prompt: str, limit: int = 48) -> str:
     return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit].rstrip("_") or "prompt"
 
 
+def _stage_row(stage: Stage, lora) -> dict:
+    return {"sampler": stage.sampler.name, "steps": stage.sampler.num_steps, "lora": None if lora is None else str(lora)}
+
+
 def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     """Write one mp4 per (prompt, seed), ``grid.png`` and ``prompts.jsonl`` to ``out_dir``; return the mp4s."""
     from torchvision.utils import make_grid, save_image
 
     check_config(cfg)
     prompts, seeds = prompts_of(cfg), seeds_of(cfg)
+    image = first_frame_of(cfg) if cfg.mode == "i2v" else None  # before any model: a bad image fails fast
     pipe = load(cfg)
+    image_stage = load_image_stage(cfg) if cfg.mode == "t2i2v" else None
+    v = cfg.video
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, s) for p in prompts for s in seeds]
@@ -252,17 +203,24 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
         if cfg.long.windows > 1:
             path, video = write_long(pipe, cfg, prompt, seed, name), None
         else:
-            latents = sample_latents(pipe, cfg, prompt, seed)
-            video = pipe.vae.decode(latents)[0].float().cpu()  # F,3,H,W in [0,1]
-            path = write_video(name, video, fps=cfg.fps)
+            if image_stage is not None:
+                video = t2i2v(image_stage, pipe, [prompt], seed, int(v.num_frames), int(v.height), int(v.width),
+                                cfg.negative_prompt)[0].cpu()
+            else:
+                video = pipe.vae.decode(sample_latents(pipe, cfg, prompt, seed, image))[0].float().cpu()
+            path = write_video(name, video, fps=cfg.fps)  # video: F,3,H,W in [0,1]
         seconds = time.perf_counter() - t0
         if video is None:
             video, _ = read_video(path, num_frames=1)
         paths.append(path)
         firsts.append(video[0])
-        rows.append({"file": path.name, "prompt": prompt, "seed": seed, "sampler": cfg.sampler.name,
-                     "steps": sampler_steps(cfg), "lora": None if cfg.lora is None else str(cfg.lora),
-                     "seconds": round(seconds, 4)})
+        row = {"file": path.name, "prompt": prompt, "seed": seed, "mode": cfg.mode, **_stage_row(pipe, cfg.lora)}
+        if cfg.mode == "i2v":
+            row["image"] = str(cfg.image)
+        if image_stage is not None:
+            row["image_stage"] = {"model": cfg.image_stage.model.get("name"),
+                                  **_stage_row(image_stage, cfg.image_stage.lora)}
+        rows.append({**row, "seconds": round(seconds, 4)})
     save_image(make_grid(torch.stack(firsts), nrow=len(seeds), padding=2, pad_value=1.0), out / "grid.png")
     (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths

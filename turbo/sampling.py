@@ -2,7 +2,11 @@
 
 - ``sample_teacher``: deterministic DDIM with classifier-free guidance, any step count. For a
   flow schedule the DDIM step is the Euler step (see ``turbo.schedule``), so this one loop is
-  DDIM for VP teachers and Euler for flow teachers.
+  DDIM for VP teachers and Euler for flow teachers. ``grid="index"`` (default) samples on our
+  integer grid; ``grid="diffusers"`` follows the plan of the diffusers scheduler the family ships
+  with (``FlowMatchEulerDiscreteScheduler`` / ``DDIMScheduler``), so that the same noise, prompt
+  embeddings, guidance and step count give the diffusers pipeline's latents
+  (tests/turbo/test_parity.py).
 - ``sample_consistency``: LCM's multistep consistency sampler for CD students: at each step
   predict the boundary-scaled x0, then re-noise it with fresh noise to the next timestep.
 
@@ -17,13 +21,14 @@ Without it (the default) the samplers are unchanged, down to their random draws.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from turbo.denoiser import Denoiser, Role
-from turbo.schedule import ConsistencyBoundary, lcm_timesteps
+from turbo.schedule import ConsistencyBoundary, SamplingPlan, Schedule, lcm_timesteps
 from turbo.text import TextCond
 
 AfterStep = Callable[[Tensor, "int | None"], Tensor]
@@ -37,22 +42,39 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
     return torch.randn(shape, generator=generator).to(device)
 
 
+@contextmanager
+def _on_schedule(denoiser: Denoiser, schedule: Schedule) -> Iterator[None]:
+    """Run ``denoiser`` on ``schedule`` (a plan's ``GridSchedule``) for the duration: its timestep
+    indices then address the plan's points, in the network's input and in every conversion."""
+    own = denoiser.schedule
+    denoiser.schedule = schedule
+    try:
+        yield
+    finally:
+        denoiser.schedule = own
+
+
 @torch.no_grad()
 def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
                    steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher",
-                   after_step: AfterStep | None = None) -> Tensor:
+                   after_step: AfterStep | None = None, grid: str | SamplingPlan = "index") -> Tensor:
     """DDIM / Euler sampling with Imagen-form CFG (``guidance_scale`` 1 or ``uncond=None``: no CFG).
-    ``shape`` = C,F,H,W of one latent; batch size = len(cond)."""
+    ``shape`` = C,F,H,W of one latent; batch size = len(cond). ``grid``: "index", "diffusers"
+    (``Schedule.sampling_plan``) or a ready ``SamplingPlan`` of ``steps`` steps (e.g.
+    ``turbo.schedule.ddim_plan(..., spacing="trailing")``); ``after_step`` gets indices of the plan's
+    schedule, which is ``denoiser.schedule`` while the hook runs."""
+    plan = grid if isinstance(grid, SamplingPlan) else denoiser.schedule.sampling_plan(steps, grid)
+    if len(plan.timesteps) != steps:
+        raise ValueError(f"the sampling plan has {len(plan.timesteps)} steps, but steps={steps}")
     x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
-    timesteps = denoiser.schedule.inference_timesteps(steps).tolist()
-    x = _hook(after_step, x, timesteps[0])
-    for i, t in enumerate(timesteps):
-        if uncond is None or guidance_scale == 1.0:
-            pred = denoiser(x, t, cond, role=role)
-        else:
-            pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role)
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else None
-        x = _hook(after_step, denoiser.schedule.ddim_step(pred.x0, pred.eps, t_prev), t_prev)
+    with _on_schedule(denoiser, plan.schedule):
+        x = _hook(after_step, x, plan.timesteps[0])
+        for t, t_prev in zip(plan.timesteps, plan.targets):
+            if uncond is None or guidance_scale == 1.0:
+                pred = denoiser(x, t, cond, role=role)
+            else:
+                pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role)
+            x = _hook(after_step, plan.schedule.ddim_step(pred.x0, pred.eps, t_prev), t_prev)
     return x
 
 

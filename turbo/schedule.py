@@ -21,6 +21,21 @@ serves both: for the flow schedule it is exactly the Euler step
 Tensor contract: ``t`` is a 1-D long tensor of length B (or a python int);
 ``x0``, ``eps``, ``x_t`` and raw outputs share a shape B, ... (any trailing dims).
 Coefficients are computed in float64 and cast to the sample's dtype.
+
+Sampling grids. Training and the default samplers live on the integer index grid above. A
+deterministic sampler follows a ``SamplingPlan``: the timesteps it evaluates the network at and the
+timestep each step lands on, as indices of a schedule. ``Schedule.sampling_plan(steps, grid)``
+makes one:
+
+- ``grid="index"`` (the default): ``inference_timesteps`` ("trailing" spacing), each step landing on
+  the next timestep and the last on the clean end.
+- ``grid="diffusers"``: the grid of the diffusers scheduler the family ships with, so that our
+  teacher sampler reproduces the diffusers pipeline step for step. Flow: ``FlowMatchEulerDiscreteScheduler
+  .set_timesteps(n)``, whose sigmas are continuous (``flow_match_plan``); they are carried by a
+  ``GridSchedule``, a schedule of explicit points indexed 0..n-1, so every conversion and the
+  DDIM/Euler step stay the ones above. VP: ``DDIMScheduler`` with "leading" spacing,
+  ``steps_offset=1`` and ``set_alpha_to_one=False`` (the SD / ModelScope scheduler config;
+  ``ddim_plan`` also does "trailing").
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -138,6 +154,19 @@ class Schedule(ABC):
         ts = torch.round(torch.arange(T, 0, -T / num_steps, dtype=torch.float64)).long() - 1
         return ts[:num_steps]
 
+    def sampling_plan(self, num_steps: int, grid: str = "index") -> "SamplingPlan":
+        """The deterministic sampler's plan for ``num_steps`` steps on ``grid`` ("index" or
+        "diffusers", see the module docstring)."""
+        if grid == "index":
+            ts = self.inference_timesteps(num_steps).tolist()
+            return SamplingPlan(self, tuple(ts), (*ts[1:], None))
+        if grid == "diffusers":
+            return self._diffusers_plan(num_steps)
+        raise ValueError(f"sampler grid must be one of {list(GRIDS)}, found {grid!r}")
+
+    def _diffusers_plan(self, num_steps: int) -> "SamplingPlan":
+        raise ValueError(f"{type(self).__name__} has no diffusers sampling grid")
+
 
 def _betas(kind: str, beta_start: float, beta_end: float, T: int) -> Tensor:
     if kind == "linear":
@@ -166,6 +195,9 @@ class VPSchedule(Schedule):
     def model_timestep(self, t: Tensor | int) -> Tensor:
         return _as_index(t).float()
 
+    def _diffusers_plan(self, num_steps: int) -> "SamplingPlan":
+        return ddim_plan(self, num_steps, spacing="leading", steps_offset=1, set_alpha_to_one=False)
+
     def __repr__(self) -> str:
         return f"VPSchedule(T={self.num_train_timesteps}, prediction_type={self.prediction_type!r})"
 
@@ -187,8 +219,101 @@ class FlowSchedule(Schedule):
     def model_timestep(self, t: Tensor | int) -> Tensor:
         return (self.sigmas[_as_index(t).cpu()] * self.num_train_timesteps).float()
 
+    def _diffusers_plan(self, num_steps: int) -> "SamplingPlan":
+        return flow_match_plan(self, num_steps)
+
     def __repr__(self) -> str:
         return f"FlowSchedule(T={self.num_train_timesteps}, shift={self.shift})"
+
+
+class GridSchedule(Schedule):
+    """A schedule of explicit points: index ``i`` in 0..N-1 is (alpha_i, sigma_i) with the network
+    fed ``model_timesteps[i]``. It carries a continuous-time sampling grid (points off the integer
+    training grid) through the integer-index machinery every schedule shares; only samplers use it
+    (``SamplingPlan.schedule``), never training."""
+
+    def __init__(self, prediction_type: PredictionType, alphas: Tensor, sigmas: Tensor, model_timesteps: Tensor):
+        if not len(alphas) == len(sigmas) == len(model_timesteps):
+            raise ValueError(f"a grid needs one alpha, sigma and network timestep per point, found "
+                             f"{len(alphas)}, {len(sigmas)}, {len(model_timesteps)}")
+        self.prediction_type = prediction_type
+        self.num_train_timesteps = len(sigmas)
+        self.alphas = alphas.double()
+        self.sigmas = sigmas.double()
+        self.model_timesteps = model_timesteps.float()
+
+    def model_timestep(self, t: Tensor | int) -> Tensor:
+        return self.model_timesteps[_as_index(t).cpu()]
+
+    def __repr__(self) -> str:
+        return f"GridSchedule(points={self.num_train_timesteps}, prediction_type={self.prediction_type!r})"
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A deterministic sampler's itinerary: step ``i`` evaluates the network at ``timesteps[i]`` and
+    lands on ``targets[i]`` (None: the clean end, alpha 1 and sigma 0), both indices of
+    ``schedule`` (the model's own, or a ``GridSchedule`` of continuous points). Normally a step
+    lands on the next timestep; diffusers' DDIM lands on ``t - T // n``, which is not the next
+    trailing timestep when n does not divide T, and its last step may land on index 0."""
+
+    schedule: Schedule
+    timesteps: tuple[int, ...]
+    targets: tuple[int | None, ...]
+
+    def __post_init__(self):
+        if len(self.timesteps) != len(self.targets) or not self.timesteps:
+            raise ValueError(f"a sampling plan needs one target per timestep (at least one), found "
+                             f"{len(self.timesteps)} timesteps and {len(self.targets)} targets")
+
+
+GRIDS = ("index", "diffusers")
+
+
+def _check_steps(num_steps: int, most: int) -> None:
+    if not 1 <= num_steps <= most:
+        raise ValueError(f"num_steps must be in 1..{most}, found {num_steps}")
+
+
+def flow_match_plan(schedule: FlowSchedule, num_steps: int) -> SamplingPlan:
+    """The grid of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(n)``
+    (static shift, no Karras / dynamic shifting), computed as diffusers does it, precision included:
+    ``sigma = shift(linspace(1, sigma_min, n))`` in float64, rounded to float32, with
+    ``sigma_min = shift(1 / T)`` from the float32 training grid -- so the shift is applied twice at
+    the low end, a diffusers quirk we keep for parity. The network gets ``T * sigma`` in float32;
+    the step after the last point lands on sigma 0 (clean)."""
+    T, shift = schedule.num_train_timesteps, schedule.shift
+    _check_steps(num_steps, T)
+    u_min = torch.tensor(1.0, dtype=torch.float32) / T  # the last point of diffusers' float32 training grid
+    sigma_min = (shift * u_min / (1 + (shift - 1) * u_min)).item()
+    sigma_max = 1.0  # shift(1) = 1
+    u = np.linspace(sigma_max * T, sigma_min * T, num_steps) / T
+    sigmas = torch.from_numpy(shift * u / (1 + (shift - 1) * u)).to(torch.float32)
+    grid = GridSchedule("flow", 1.0 - sigmas.double(), sigmas.double(), sigmas * T)
+    idx = list(range(num_steps))
+    return SamplingPlan(grid, tuple(idx), (*idx[1:], None))
+
+
+def ddim_plan(schedule: VPSchedule, num_steps: int, spacing: str = "leading", steps_offset: int = 1,
+              set_alpha_to_one: bool = False) -> SamplingPlan:
+    """The itinerary of diffusers' deterministic ``DDIMScheduler`` (eta 0): ``spacing`` "leading"
+    (``arange(n) * (T // n) + steps_offset``, descending) or "trailing" (``round(arange(T, 0, -T / n)) - 1``);
+    every step lands on ``t - T // n``; a landing below 0 is the clean end (``set_alpha_to_one``) or
+    index 0 (alpha-bar of the first training timestep)."""
+    T = schedule.num_train_timesteps
+    _check_steps(num_steps, T)
+    if spacing == "leading":
+        ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1].astype(np.int64) + steps_offset
+    elif spacing == "trailing":
+        ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
+    else:
+        raise ValueError(f"DDIM spacing must be 'leading' or 'trailing', found {spacing!r}")
+    timesteps = [int(t) for t in ts]
+    if max(timesteps) >= T:
+        raise ValueError(f"steps_offset={steps_offset} puts the first DDIM timestep at {max(timesteps)}, past T-1={T - 1}")
+    end = None if set_alpha_to_one else 0
+    targets = [t - T // num_steps if t - T // num_steps >= 0 else end for t in timesteps]
+    return SamplingPlan(schedule, tuple(timesteps), tuple(targets))
 
 
 @dataclass(frozen=True)
@@ -215,4 +340,5 @@ def lcm_timesteps(num_steps: int, grid: Tensor) -> Tensor:
     return grid.flip(0)[::skip][:num_steps]
 
 
-__all__ = ["Schedule", "VPSchedule", "FlowSchedule", "ConsistencyBoundary", "lcm_timesteps"]
+__all__ = ["Schedule", "VPSchedule", "FlowSchedule", "GridSchedule", "SamplingPlan", "GRIDS", "ConsistencyBoundary",
+           "lcm_timesteps", "flow_match_plan", "ddim_plan"]

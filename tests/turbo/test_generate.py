@@ -13,12 +13,19 @@ from PIL import Image
 
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
-from turbo.generate import generate, load, sample_latents
+from turbo.generate import generate, load, load_image_stage, sample_latents
+from turbo.i2v import load_image
 from turbo.lora import save_lora
-from turbo.sampling import sample_consistency, sample_fixed_steps
+from turbo.pipeline import IMAGE_SEED_OFFSET, first_frames, t2i2v
+from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
 from turbo.video import read_video, video_info
 
 FAST = ["sampler.teacher.steps=2", "sampler.consistency.steps=2"]
+# the tiny Wan2.1-I2V teacher with its image conditioning (turbo/i2v.py): 4 mask channels, pixel-space
+# padding, CLIP image tokens; Wan's transformer splits text from image tokens assuming 512 text tokens
+I2V = ["model=tiny_wan_i2v", "++model.text_encoder.max_length=512",
+       "++model.i2v={mask_channels:4,order:mask_first,pad:pixels,"
+       "image_encoder:{_target_:turbo.i2v.tiny_clip_vision,seed:0}}"]
 
 
 def cfg_for(*overrides):
@@ -120,8 +127,19 @@ def test_student_without_guidance_embedding(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,error,match", [
-    (["mode=i2v"], ConfigError, "mode=i2v is not implemented yet"),
-    (["mode=t2i2v"], ConfigError, "mode=t2i2v is not implemented yet"),
+    (["mode=i2v"], ConfigError, "mode=i2v needs an image-to-video model .* found model=tiny_wan without model.i2v"),
+    (["mode=t2i2v"], ConfigError, "mode=t2i2v needs an image-to-video model"),
+    ([*I2V], ConfigError, "model=tiny_wan_i2v is an image-to-video model .* use mode=i2v with image="),
+    ([*I2V, "mode=i2v"], ConfigError, "mode=i2v needs image=<an image file .*found image=null"),
+    ([*I2V, "mode=i2v", "image=/nonexistent.png"], FileNotFoundError, "image=/nonexistent.png: no such file"),
+    (["image=/some.png"], ConfigError, "image=/some.png is read by mode=i2v only, found mode=t2v"),
+    ([*I2V, "mode=t2i2v", "image_stage.sampler.name=euler_a"], ConfigError, "image_stage.sampler.name='euler_a'"),
+    ([*I2V, "mode=t2i2v", "image_stage.lora=/nonexistent"], FileNotFoundError, "image_stage.lora=/nonexistent"),
+    ([*I2V, "mode=t2i2v", "model@image_stage.model=wan2.1_t2v_1.3b"], ConfigError,
+     "image_stage.model.path must be set"),
+    ([*I2V, "mode=i2v", "image=/x.png", "long.windows=2"], ConfigError, "long.windows=2 .* is for mode=t2v only"),
+    (["sampler.teacher.grid=karras"], ConfigError, "sampler.teacher.grid must be one of \\['index', 'diffusers'\\]"),
+    (["long.windows=2", "sampler.teacher.grid=diffusers"], ConfigError, "set sampler.teacher.grid=index"),
     (["mode=v2v"], ConfigError, "mode='v2v'"),
     (["sampler.name=euler_a"], ConfigError, "sampler.name='euler_a'"),
     (["video.num_frames=8"], ValueError, "video.num_frames must be 1 \\+ 4k"),
@@ -168,7 +186,7 @@ def test_cli_runs_and_errors_are_one_line(tmp_path, student):
     assert len(list((tmp_path / "run").glob("*.mp4"))) == 2 and (tmp_path / "run" / "grid.png").is_file()
     unet = tmp_path / "unet_student"
     perturbed_student("tiny_modelscope", unet)
-    for args, needle in [(["mode=i2v"], "mode=i2v is not implemented yet"),
+    for args, needle in [(["mode=i2v"], "mode=i2v needs an image-to-video model"),
                          ([f"lora={unet}"], f"{unet}/pytorch_lora_weights.safetensors")]:
         r = _cli([f"hydra.run.dir={tmp_path}/bad", *args], tmp_path)
         assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -202,3 +220,89 @@ def test_int8_generation_runs(tmp_path, student):
                   "prompts=[a blue square moving up]")
     (path,) = generate(cfg, tmp_path)
     assert video_info(path).frames == 9
+
+
+# --- image-to-video and the factored pipeline ------------------------------------------------------
+@pytest.fixture(scope="module")
+def first_frame_png(tmp_path_factory):
+    """A 40x48 image (not the video size: it is resized to cover 32x32 and centre-cropped)."""
+    path = tmp_path_factory.mktemp("img") / "first.png"
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray((torch.rand(40, 48, 3, generator=g) * 255).byte().numpy()).save(path)
+    return path
+
+
+def test_i2v_writes_videos_of_the_image(tmp_path, first_frame_png):
+    cfg = cfg_for(*I2V, "mode=i2v", f"image={first_frame_png}", "seeds=[0,1]", "fps=5",
+                  "prompts=[a red circle moving right]")
+    paths = generate(cfg, tmp_path)
+    assert len(paths) == 2
+    for p in paths:
+        info = video_info(p)
+        assert (info.frames, info.height, info.width, info.fps) == (9, 32, 32, 5)
+        assert read_video(p)[0].shape == (9, 3, 32, 32)
+    assert Image.open(tmp_path / "grid.png").size == (2 + 2 * 34, 2 + 34)
+    rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert all(r["mode"] == "i2v" and r["image"] == str(first_frame_png) and r["steps"] == 2 for r in rows)
+    # the video is the I2V teacher's from this image: another image gives another video
+    pipe = load(cfg)
+    assert pipe.i2v is not None and pipe.i2v.image_encoder is not None
+    frame = load_image(first_frame_png, 32, 32)
+    x = sample_latents(pipe, cfg, "a red circle moving right", 0, frame)
+    assert torch.equal(x, sample_latents(pipe, cfg, "a red circle moving right", 0, frame))
+    assert (x - sample_latents(pipe, cfg, "a red circle moving right", 0, frame.flip(-1))).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="model is an image-to-video model .* needs a first frame"):
+        sample_latents(pipe, cfg, "a red circle moving right", 0)
+
+
+def test_t2i2v_is_the_image_stage_then_the_i2v_stage(tmp_path):
+    cfg = cfg_for(*I2V, "mode=t2i2v", "image_stage.sampler.teacher.steps=2", "seeds=[3]", "fps=4")
+    paths = generate(cfg, tmp_path)
+    assert len(paths) == 2
+    for p in paths:
+        info = video_info(p)
+        assert (info.frames, info.height, info.width, info.fps) == (9, 32, 32, 4)
+    rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert rows[0]["mode"] == "t2i2v" and rows[0]["image_stage"] == {"model": "tiny_sd15", "sampler": "teacher",
+                                                                      "steps": 2, "lora": None}
+    video_stage, image_stage = load(cfg), load_image_stage(cfg)
+    assert image_stage.denoiser.family == "unet2d" and video_stage.i2v is not None
+    prompt, seed = "a blue square moving up", 3
+    composed = t2i2v(image_stage, video_stage, [prompt], seed, 9, 32, 32)
+    assert composed.shape == (1, 9, 3, 32, 32) and 0 <= composed.min() and composed.max() <= 1
+    # the first frame: the T2I teacher's one-frame sample (CFG, 2 steps) from its own seed stream
+    cond, uncond = image_stage.text([prompt]), image_stage.text([""])
+    t2i = sample_teacher(image_stage.denoiser, cond, uncond, image_stage.vae.latent_shape(1, 32, 32), 2, 7.5,
+                         torch.Generator().manual_seed(seed + IMAGE_SEED_OFFSET))
+    frame = image_stage.vae.decode(t2i)[:, 0]
+    torch.testing.assert_close(frame, first_frames(image_stage, [prompt], 32, 32, seed))
+    # the video: mode=i2v's path from that frame, with the video's seed
+    again = video_stage.video([prompt], 9, 32, 32, torch.Generator().manual_seed(seed), "", first_frame=frame)
+    torch.testing.assert_close(composed, again)
+
+
+def test_t2i2v_image_stage_can_be_a_student_or_a_one_frame_video_model(tmp_path):
+    folder = tmp_path / "t2i_student"
+    perturbed_student("tiny_sd15", folder, False)
+    base = [*I2V, "mode=t2i2v", "image_stage.sampler.teacher.steps=2"]
+    teacher = load_image_stage(cfg_for(*base))
+    student = load_image_stage(cfg_for(*base, f"image_stage.lora={folder}", "image_stage.sampler.name=fixed",
+                                       "image_stage.sampler.fixed.timesteps=[999,499]"))
+    assert student.role == "student" and student.sampler.timesteps == (999, 499)
+    a = first_frames(teacher, ["a red circle"], 32, 32, 0)
+    b = first_frames(student, ["a red circle"], 32, 32, 0)
+    assert a.shape == b.shape == (1, 3, 32, 32) and (a - b).abs().max() > 1e-3
+    wan = load_image_stage(cfg_for(*base, "model@image_stage.model=tiny_wan"))  # T2V model, one frame
+    assert first_frames(wan, ["a red circle"], 32, 32, 0).shape == (1, 3, 32, 32)
+
+
+def test_diffusers_grid_option_reaches_the_teacher_sampler():
+    cfg = cfg_for("sampler.teacher.grid=diffusers", "sampler.teacher.steps=3")
+    pipe = load(cfg)
+    got = sample_latents(pipe, cfg, "a red circle", 0)
+    cond, uncond = pipe.text(["a red circle"]), pipe.text([""])
+    shape = pipe.vae.latent_shape(9, 32, 32)
+    want = sample_teacher(pipe.denoiser, cond, uncond, shape, 3, 7.5, torch.Generator().manual_seed(0), grid="diffusers")
+    index = sample_teacher(pipe.denoiser, cond, uncond, shape, 3, 7.5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, want)
+    assert (got - index).abs().max() > 1e-3  # the grids differ

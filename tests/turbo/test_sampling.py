@@ -1,5 +1,7 @@
 """Samplers against diffusers' scheduler loops on the same tiny seeded weights."""
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
@@ -66,3 +68,26 @@ def test_consistency_sampler_steps_and_boundary():
     expected = c_skip * x + c_out * real(x, 999, cond, role="student").x0
     torch.testing.assert_close(one, expected)
     assert not torch.allclose(out4, one)
+
+
+def test_diffusers_grid_runs_on_its_own_points_and_restores_the_schedule():
+    """On the continuous grid the denoiser runs on the plan's GridSchedule (network timesteps
+    T * sigma of diffusers' FlowMatchEuler grid), the hook sees that schedule, and the model's own
+    schedule is back afterwards."""
+    d, shape = _setup("wan")
+    own = d.schedule
+    cond = tiny_text_encoder(seed=0)(["a red circle moving left"])
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    ref.set_timesteps(3)
+    fed, hooked = [], []
+    real_call = d.spec.call
+    d.spec = dataclasses.replace(d.spec, call=lambda b, x, t, c: (fed.append(t[0].item()), real_call(b, x, t, c))[1])
+    hook = lambda x, t: (hooked.append((t, d.schedule.sigmas[t].item() if t is not None else 0.0)), x)[1]
+    out = sample_teacher(d, cond, None, shape, 3, 1.0, torch.Generator().manual_seed(0), grid="diffusers",
+                         after_step=hook)
+    assert fed == pytest.approx(ref.timesteps.tolist(), rel=1e-6)
+    assert [t for t, _ in hooked] == [0, 1, 2, None]
+    assert [s for _, s in hooked] == pytest.approx([*ref.sigmas[:3].tolist(), 0.0], rel=1e-6)
+    assert d.schedule is own and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="the sampling plan has 3 steps, but steps=4"):
+        sample_teacher(d, cond, None, shape, 4, 1.0, torch.Generator(), grid=own.sampling_plan(3))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from turbo.schedule import ConsistencyBoundary, FlowSchedule, VPSchedule, lcm_timesteps
+from turbo.schedule import ConsistencyBoundary, FlowSchedule, GridSchedule, VPSchedule, ddim_plan, lcm_timesteps
 
 
 def _xs(shape=(3, 4, 2, 5, 5), seed=0):
@@ -123,3 +123,45 @@ def test_consistency_boundary_closed_form():
     assert c_skip[0].item() == 1.0 and c_out[0].item() == 0.0  # identity at the boundary
     assert c_skip[1].item() == pytest.approx(0.25 / (100 + 0.25))
     assert c_out[2].item() == pytest.approx(9990 / (9990 ** 2 + 0.25) ** 0.5)
+
+
+def test_index_plan_is_the_integer_grid_landing_on_the_next_timestep():
+    plan = FlowSchedule().sampling_plan(4)
+    assert plan.timesteps == (999, 749, 499, 249) and plan.targets == (749, 499, 249, None)
+    with pytest.raises(ValueError, match="sampler grid must be one of \\['index', 'diffusers'\\], found 'karras'"):
+        VPSchedule().sampling_plan(4, "karras")
+
+
+@pytest.mark.parametrize("shift", [3.0, 5.0])
+@pytest.mark.parametrize("steps", [1, 4, 7, 50])
+def test_flow_diffusers_plan_is_flow_match_euler_set_timesteps(shift, steps):
+    """Our continuous grid holds diffusers' float32 sigmas and network timesteps bit for bit."""
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    ref.set_timesteps(steps)
+    plan = FlowSchedule(shift=shift).sampling_plan(steps, "diffusers")
+    grid = plan.schedule
+    assert isinstance(grid, GridSchedule) and plan.timesteps == tuple(range(steps))
+    assert plan.targets == (*range(1, steps), None)
+    assert torch.equal(grid.sigmas.float(), ref.sigmas[:-1]) and ref.sigmas[-1].item() == 0.0
+    assert torch.equal(grid.model_timestep(torch.arange(steps)), ref.timesteps)
+    # alpha + sigma = 1 on every point, so the step is diffusers' Euler step (see the flow test above)
+    torch.testing.assert_close(grid.alphas + grid.sigmas, torch.ones(steps, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("spacing,offset", [("leading", 1), ("leading", 0), ("trailing", 0)])
+@pytest.mark.parametrize("steps", [1, 4, 7, 50])
+@pytest.mark.parametrize("alpha_one", [False, True])
+def test_ddim_plan_is_diffusers_ddim(spacing, offset, steps, alpha_one):
+    ref = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                        set_alpha_to_one=alpha_one, steps_offset=offset, timestep_spacing=spacing)
+    ref.set_timesteps(steps)
+    sched = VPSchedule()
+    plan = ddim_plan(sched, steps, spacing=spacing, steps_offset=offset, set_alpha_to_one=alpha_one)
+    assert list(plan.timesteps) == ref.timesteps.tolist()
+    like = torch.zeros(1)
+    for t, target in zip(plan.timesteps, plan.targets):
+        prev = t - 1000 // steps  # diffusers' DDIM lands here, whatever the spacing
+        want = ref.alphas_cumprod[prev] if prev >= 0 else ref.final_alpha_cumprod
+        got = 1.0 if target is None else sched.alpha_sigma(target, like)[0].item() ** 2
+        assert got == pytest.approx(want.item(), rel=1e-6)
+    assert sched.sampling_plan(steps, "diffusers") == ddim_plan(sched, steps)  # leading, offset 1, abar_0 at the end
