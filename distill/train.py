@@ -86,6 +86,9 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                           f"gives prompts only")
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
     i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
+    if i2v is not None and cfg.get("eval") is not None:
+        raise ConfigError("eval: the end-of-run benchmark samples from prompts alone, but an I2V model (model.i2v) "
+                          "needs first frames: run it with eval=null")
     if i2v is not None and not dataset.has_videos:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
                           f"but data ({type(dataset).__name__}) gives prompts only")
@@ -200,7 +203,13 @@ def sample_videos(run: Run) -> dict:
     seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart)."""
     s, v = run.cfg.samples, run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
-    cond, uncond = run.text(list(s.prompts)), run.text([""] * len(s.prompts))
+    prompts = list(s.prompts)
+    cond, uncond = run.text(prompts), run.text([""] * len(prompts))
+    if run.i2v is not None:  # I2V: the first frames (and prompts) of the first training items
+        items = collate([run.dataset[i] for i in range(min(len(prompts), len(run.dataset)))])
+        prompts = items["prompt"]
+        cond, uncond = run.i2v.apply([run.text(prompts), run.text([""] * len(prompts))],
+                                     items["video"][:, 0].to(run.accelerator.device), v.num_frames)
     samplers = {
         "teacher": lambda gen: sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps,
                                               s.teacher_guidance, gen),
@@ -210,11 +219,11 @@ def sample_videos(run: Run) -> dict:
     for who, sample in samplers.items():
         t0 = time.perf_counter()
         latents = sample(torch.Generator().manual_seed(s.seed))
-        timings[who] = (time.perf_counter() - t0) / len(s.prompts)
+        timings[who] = (time.perf_counter() - t0) / len(prompts)
         t0 = time.perf_counter()
         videos = run.vae.decode(latents)
-        timings["decode"] = (time.perf_counter() - t0) / len(s.prompts)
-        for i, (prompt, video) in enumerate(zip(s.prompts, videos)):
+        timings["decode"] = (time.perf_counter() - t0) / len(prompts)
+        for i, (prompt, video) in enumerate(zip(prompts, videos)):
             write_video(run.out.path / "samples" / f"{who}_{i:02d}_{prompt.replace(' ', '_')[:60]}.mp4", video, fps=s.fps)
     return timings
 
@@ -228,6 +237,7 @@ def evaluate(run: Run) -> tuple[dict, str]:
     imports eval/; any object with ``compare(samplers, out=...) -> (results, markdown)`` fits."""
     if run.cfg.get("eval") is None:
         return {}, ""
+
     bench = build(run.cfg.eval, "eval")
     s, v = run.cfg.samples, run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)

@@ -31,7 +31,9 @@ def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
     state = get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter)
     state = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
     config = denoiser.backbone.peft_config[adapter].to_dict()
-    config = {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+    # diffusers' pipelines (load_lora_weights) read only the metadata keys under the component's
+    # prefix ("transformer.r", ...), the layout its own savers write
+    config = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     with atomic_dir(folder) as tmp:
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)})
         if adapter in denoiser.guidance_embeddings:
