@@ -5,13 +5,47 @@ import json
 import pytest
 import torch
 
-from turbo.models import tiny_text_encoder, tiny_wan, tiny_wan_vae
+from turbo.models import (tiny_clip_text_encoder, tiny_hunyuan, tiny_hunyuan_text_encoder, tiny_hunyuan_vae, tiny_sd3,
+                          tiny_sd3_text_encoder, tiny_sd_vae, tiny_sdxl_text_encoder, tiny_text_encoder, tiny_unet2d,
+                          tiny_unet3d, tiny_wan, tiny_wan_vae)
+
+
+def save_diffusers_folder(folder, subfolder, backbone, vae, text, model_index=None):
+    """A diffusers-format model folder: <subfolder>/ (transformer or unet), vae/, and each text
+    encoder with its tokenizer (text_encoder/ + tokenizer/, text_encoder_2/ + tokenizer_2/, ...)."""
+    backbone.save_pretrained(folder / subfolder)
+    vae.vae.save_pretrained(folder / "vae")
+    for suffix, name in (("", "model"), ("_2", "model_2"), ("_3", "model_3")):
+        if hasattr(text, name):
+            getattr(text, name).save_pretrained(folder / f"text_encoder{suffix}")
+            getattr(text, f"tokenizer{suffix}").save_pretrained(folder / f"tokenizer{suffix}")
+    if model_index is not None:
+        (folder / "model_index.json").write_text(json.dumps(model_index))
+    return folder
+
+
+# real model config -> the tiny stand-in folder its model.path points at (tiny_wan's folder otherwise)
+REAL_MODEL_FOLDERS = {
+    "wan2.1_i2v_14b_480p": lambda: ("transformer", tiny_wan(in_channels=36, out_channels=16, image_dim=32),
+                                    tiny_wan_vae(), tiny_text_encoder()),
+    "hunyuanvideo_t2v": lambda: ("transformer", tiny_hunyuan(), tiny_hunyuan_vae(), tiny_hunyuan_text_encoder()),
+    "hunyuanvideo_i2v": lambda: ("transformer", tiny_hunyuan(in_channels=33, out_channels=16, guidance_embeds=False,
+                                                             image_condition_type="latent_concat"),
+                                 tiny_hunyuan_vae(), tiny_hunyuan_text_encoder()),
+    "modelscope_t2v": lambda: ("unet", tiny_unet3d(), tiny_sd_vae(), tiny_clip_text_encoder()),
+    "sd15": lambda: ("unet", tiny_unet2d(), tiny_sd_vae(), tiny_clip_text_encoder()),
+    "sdxl": lambda: ("unet", tiny_unet2d(cross_attention_dim=64, pooled_dim=32), tiny_sd_vae(scaling_factor=0.13025),
+                     tiny_sdxl_text_encoder()),
+    "sd3_medium": lambda: ("transformer", tiny_sd3(), tiny_sd_vae(latent_channels=16, scaling_factor=1.5305,
+                                                                  shift_factor=0.0609), tiny_sd3_text_encoder()),
+}
 
 
 @pytest.fixture(scope="session")
 def fake_checkpoints(tmp_path_factory):
     """Local stand-ins for what real configs point at: a diffusers-format Wan folder built from the
-    tiny models, an open_clip checkpoint file, a video folder."""
+    tiny models (and one per other real model config, under ``model.path@<config name>``), an
+    open_clip checkpoint file, a video folder."""
     root = tmp_path_factory.mktemp("ckpts")
     wan = root / "wan"
     tiny_wan().save_pretrained(wan / "transformer")
@@ -19,6 +53,11 @@ def fake_checkpoints(tmp_path_factory):
     enc = tiny_text_encoder()
     enc.model.save_pretrained(wan / "text_encoder")
     enc.tokenizer.save_pretrained(wan / "tokenizer")
+    per_model = {}
+    for name, build in REAL_MODEL_FOLDERS.items():
+        subfolder, backbone, vae, text = build()
+        index = {"force_zeros_for_empty_prompt": True} if name == "sdxl" else None
+        per_model[f"model.path@{name}"] = str(save_diffusers_folder(root / name, subfolder, backbone, vae, text, index))
     # a tiny open_clip architecture registered under a name, so the real loading path runs
     import open_clip
     (root / "arch").mkdir()
@@ -59,7 +98,7 @@ def fake_checkpoints(tmp_path_factory):
             "reward.internvideo2.model.checkpoint": str(root / "internvideo2.pth"),
             "reward.internvideo2.model.tokenizer_path": str(root / "bert"),
             "reward.image_reward.model.checkpoint": str(root / "ImageReward.pt"),
-            "reward.image_reward.model.tokenizer_path": str(root / "bert")}
+            "reward.image_reward.model.tokenizer_path": str(root / "bert"), **per_model}
 
 
 def tiny_reward_overrides(cfg) -> list[str]:

@@ -25,13 +25,15 @@ def _compose(overrides, hydra=False):
         return compose("train", overrides=overrides, return_hydra_config=hydra)
 
 
-def _fill_missing(cfg, fakes):
-    """Point every mandatory ('???') value at its local stand-in."""
+def _fill_missing(cfg, fakes, name=None):
+    """Point every mandatory ('???') value at its local stand-in (``key@name``: the one for config
+    ``name``, e.g. the tiny SDXL folder for model=sdxl's model.path)."""
     out = []
     for key in missing_keys(cfg, ""):
-        if key not in fakes:
+        value = fakes.get(f"{key}@{name}", fakes.get(key))
+        if value is None:
             raise AssertionError(f"no stand-in for mandatory key {key}")
-        out.append(f"{key}={fakes[key]}")
+        out.append(f"{key}={value}")
     return out
 
 
@@ -40,7 +42,7 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
     if group == "launcher" and name == "slurm":
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = _compose([f"{group}={name}"])
-    overrides = _fill_missing(cfg, fake_checkpoints)
+    overrides = _fill_missing(cfg, fake_checkpoints, name)
     if group == "reward":
         overrides += tiny_reward_overrides(cfg)
     cfg = _compose([f"{group}={name}", *overrides], hydra=group == "launcher")
