@@ -85,6 +85,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"objective={objective.name} needs real videos, but data ({type(dataset).__name__}) "
                           f"gives prompts only")
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
+    text(list(cfg.samples.prompts))  # a prompt the text encoder refuses (toy: outside the grammar) fails now, not at the end
     i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
     if i2v is not None and cfg.get("eval") is not None:
         raise ConfigError("eval: the end-of-run benchmark samples from prompts alone, but an I2V model (model.i2v) "

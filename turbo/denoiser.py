@@ -198,7 +198,10 @@ class Denoiser(nn.Module):
     def _add_guidance(self, module: nn.Module, args, output: Tensor) -> Tensor | None:
         if self._active_guidance is None or self._guidance is None:
             return None
-        return output + self._active_guidance(self._guidance).to(output.dtype)
+        w = self._guidance
+        if output.shape[0] != w.shape[0]:  # image families fold frames into the batch: B*F rows, w has B
+            w = w.repeat_interleave(output.shape[0] // w.shape[0])
+        return output + self._active_guidance(w).to(output.dtype)
 
     # --- forward -----------------------------------------------------------------------------
     def raw(self, x_t: Tensor, t: Tensor, cond: TextCond) -> Tensor:

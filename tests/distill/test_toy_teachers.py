@@ -40,3 +40,12 @@ def test_recipe_reproduces_its_first_recorded_losses(tmp_path, name):
     run_training(cfg, tmp_path)
     losses = [json.loads(line)["diffusion"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx(recipe["first_losses"][:3], rel=2e-3)
+
+
+def test_a_sample_prompt_outside_the_toy_grammar_stops_the_run_before_training(tmp_path):
+    from turbo.toy.world import CaptionError
+
+    cfg = cfg_for("train.steps=2", "samples.prompts=[a purple circle moving left]", "~eval")
+    with pytest.raises(CaptionError, match="expected a colour.*found 'purple'"):
+        run_training(cfg, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()

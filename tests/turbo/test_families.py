@@ -118,6 +118,16 @@ def test_image_families_treat_frames_as_independent_images():
     for j in range(3):
         torch.testing.assert_close(out[:, :, j:j + 1], d(x[:, :, j:j + 1], t, cond).out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(unfold_frames(fold_frames(x), 2), x, rtol=0, atol=0)
+    # the student's guidance embedding (one w per video) reaches every frame of an image family
+    params = d.add_adapter("student", 4, 4, ["to_q", "to_k", "to_v"], guidance_embedding=True)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+    w = torch.tensor([2.0, 7.0])
+    out = d(x, t, cond, role="student", guidance=w).out
+    for j in range(3):
+        torch.testing.assert_close(out[:, :, j:j + 1], d(x[:, :, j:j + 1], t, cond, role="student", guidance=w).out,
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_sdxl_call_matches_the_pipeline_conditioning():
