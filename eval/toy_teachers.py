@@ -1,0 +1,67 @@
+"""The shipped toy teachers on ToyBench: text-to-video against the factored text -> image -> video
+pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its upper bound).
+
+    python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
+
+Rows (all on ToyBench's held-out prompts, same seeds):
+- ``t2v``: the T2V teacher (conf/model/toy_t2v.yaml) with CFG;
+- ``t2i -> i2v``: the T2I teacher draws the first frame, the I2V teacher animates it (turbo/pipeline.py);
+- ``real first frame -> i2v``: the I2V teacher from a real clip's first frame of the prompt;
+- ``t2i`` (one-frame videos, scored by a one-frame ToyBench: colour, shape and count only mean
+  anything there).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from hydra import compose, initialize_config_module
+
+from eval.toybench import ToyBench, compare_table
+from turbo.pipeline import Sampler, load_stage, t2i2v
+
+
+def _stage(name: str, sampler: Sampler):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        model = compose("train", overrides=[f"model={name}"]).model
+    return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}")
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m eval.toy_teachers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
+    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", "toy_t2i", "toy_i2v"))
+    bench = ToyBench(num_prompts=args.prompts, num_frames=9)
+    real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
+
+    samplers = {
+        f"t2v ({args.steps} steps, CFG {args.guidance})":
+            lambda prompts, seed: t2v.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed)),
+        f"t2i -> i2v ({args.steps} + {args.steps} steps)":
+            lambda prompts, seed: t2i2v(t2i, i2v, prompts, seed, 9, 32, 32),
+        f"real first frame -> i2v ({args.steps} steps)":
+            lambda prompts, seed: i2v.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed),
+                                            first_frame=torch.stack([real_first[p] for p in prompts])),
+    }
+    rows, _ = bench.compare(samplers)
+    image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
+    image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)":
+                                         lambda prompts, seed: t2i.video(prompts, 1, 32, 32,
+                                                                         torch.Generator().manual_seed(seed))})
+    text = compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1)
+    print(text)
+    if args.out:
+        from turbo.atomic import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+    return text
+
+
+if __name__ == "__main__":
+    main()
