@@ -279,11 +279,13 @@ def test_bad_inputs_are_refused_by_name(bench):
 
 
 def test_config_builds_the_bench():
-    cfg = OmegaConf.load(Path(conf.__file__).parent / "eval" / "toybench.yaml")
-    made = build(cfg, "eval")
-    assert isinstance(made, ToyBench) and len(made.prompts) == cfg.num_prompts
-    # Scored videos must have the training videos' shape (train.yaml's video block).
-    video = OmegaConf.load(Path(conf.__file__).parent / "train.yaml").video
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=["video.num_frames=5", "video.height=24"])
+    made = build(cfg.eval, "eval")
+    assert isinstance(made, ToyBench) and len(made.prompts) == cfg.eval.num_prompts
+    # Scored videos have the run's video size (train.yaml's video block, through interpolation).
     world = made.world
-    assert (world.num_frames, world.height, world.width) == (video.num_frames, video.height, video.width)
+    assert (world.num_frames, world.height, world.width) == (5, 24, 32)
     assert NORMALISATION["temporal_flickering"] == (2 / 3, 1.0)
