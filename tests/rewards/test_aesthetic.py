@@ -1,8 +1,6 @@
 """rewards.aesthetic: heads told apart by their keys, the score by hand, loading, full-size layout."""
 
-import json
 
-import open_clip
 import pytest
 import torch
 from open_clip.transformer import QuickGELU
@@ -110,20 +108,6 @@ def test_gradient_reaches_pixels_and_dropout_stays_off():
     assert all(p.grad is None and not p.requires_grad for p in reward.parameters())
     torch.testing.assert_close(reward(video, ["a", "b"]), first, atol=0, rtol=0)  # deterministic
     assert isinstance(reward, RewardModel) and reward.kind == "image"
-
-
-@pytest.fixture
-def tiny_arch(tmp_path):
-    """A tiny open_clip architecture under a name, so aesthetic_reward's real loading path runs."""
-    name = "turbo-test-aesthetic-tiny"
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{name}.json")
-    return name
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])

@@ -1,7 +1,6 @@
 """rewards.clip: the frozen CLIP reward on tiny seeded open_clip models (offline, CPU)."""
 
 import copy
-import json
 import socket
 
 import open_clip
@@ -193,22 +192,12 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         open_clip_reward("ViT-H-14", "laion2b_s32b_b79k")  # a pretrained tag would download: refused
 
 
-def test_open_clip_reward_loads_local_checkpoint(tmp_path):
-    # Register a tiny architecture so the real loading path (create_model_and_transforms with
-    # a local file) runs in a second; the same code loads ViT-H-14 from /ckpts.
-    arch = "turbo-test-tiny-clip"
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-    (tmp_path / f"{arch}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{arch}.json")
+def test_open_clip_reward_loads_local_checkpoint(tmp_path, tiny_arch):
     source = tiny_clip_reward(seed=9)
     ckpt = tmp_path / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(ckpt))
 
-    reward = open_clip_reward(arch, str(ckpt), name="clip_tiny")
+    reward = open_clip_reward(tiny_arch, str(ckpt), name="clip_tiny")
     assert reward.image_size == 32 and reward.mean == OPENAI_MEAN and reward.std == OPENAI_STD
     assert reward.name == "clip_tiny" and not any(p.requires_grad for p in reward.parameters())
     video = random_video()

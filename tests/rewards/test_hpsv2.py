@@ -1,8 +1,6 @@
 """rewards.hpsv2: HPSv2's preprocessing, score and checkpoint layout (tiny seeded models, offline)."""
 
-import json
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,20 +111,6 @@ def test_reward_protocol_and_bad_mode():
     assert not any(p.requires_grad for p in reward.parameters())
     with pytest.raises(ValueError, match="resize_mode must be 'pad' or 'crop'"):
         tiny_hpsv2_reward(resize_mode="squash")
-
-
-@pytest.fixture
-def tiny_arch(tmp_path):
-    """A tiny open_clip architecture under a name, so hpsv2_reward's real loading path runs in a second."""
-    name = "turbo-test-hpsv2-tiny"
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-    }
-    (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / f"{name}.json")
-    return name
 
 
 def test_hpsv2_reward_loads_an_hps_style_checkpoint(tmp_path, tiny_arch):
