@@ -61,10 +61,11 @@ def table(rows: list[dict]) -> str:
     seen_teachers: set[tuple] = set()
     for r in rows:
         is_teacher = r["sampler"].startswith("teacher")
-        key = (r["sampler"], round(r["total"], 3))
-        if is_teacher and key in seen_teachers:
-            continue
-        seen_teachers.add(key) if is_teacher else None
+        if is_teacher:
+            key = (r["sampler"], round(r["total"], 3))
+            if key in seen_teachers:
+                continue
+            seen_teachers.add(key)
         run, steps, minutes = ("(every run)", "", "") if is_teacher else (
             r["run"], str(r["train_steps"]), f"{r['train_minutes']:.1f}")
         lines.append(f"| {run} | {r['sampler']} | " + " | ".join(f"{r[k]:.1f}" for k in SCORES)
