@@ -7,12 +7,22 @@
     student/                 the final student LoRA (pytorch_lora_weights.safetensors)
     samples/*.mp4            teacher and student videos on the same prompts and seed
     report.md, DONE          written last; DONE marks a finished run, never overwritten silently
+    data_skipped.log         the unusable videos the loop skipped (index, file, reason)
+    .turbo.lock              the PID of the turbo-train that owns the folder while it runs
+
+Everything written is strict JSON (a non-finite number becomes null) and nothing read back
+executes code: training_state.pt is read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import pickle
+import os
 import shutil
+import socket
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,8 +33,44 @@ from turbo.config import ConfigError
 from turbo.denoiser import Denoiser
 from turbo.lora import load_lora, save_lora
 
-# files Hydra itself puts in the run directory before our code runs
-_HYDRA_FILES = {".hydra", "train.log", "distill.train.log"}
+# files Hydra itself puts in the run directory before our code runs, and our lock
+_HYDRA_FILES = {".hydra", "train.log", "distill.train.log", ".turbo.lock"}
+LOCK = ".turbo.lock"
+
+
+def finite_json(value):
+    """``value`` with every non-finite float replaced by None, so json.dumps(allow_nan=False) holds."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def dumps(value, **kwargs) -> str:
+    return json.dumps(finite_json(value), allow_nan=False, **kwargs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def flatten(node, prefix: str = "") -> dict:
+    """A nested dict/list as {"a.b": leaf}."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out if node else {prefix: {}}
+    return {prefix: node}
 
 
 class RunDir:
@@ -34,6 +80,44 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
 
     # --- claiming the folder --------------------------------------------------------------------
+    def lock(self) -> None:
+        """Own the folder for this process: a live holder is refused by PID, a dead one's lock
+        (a killed run) is taken over with a warning. Released by ``unlock``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock, me = self.path / LOCK, {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text())
+                    pid, host = int(holder["pid"]), str(holder["host"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    pid, host = -1, me["host"]  # torn by a kill between create and write
+                if host != me["host"]:
+                    raise ConfigError(f"{self.path} is in use by turbo-train PID {pid} on host {host} "
+                                      f"(lock {lock}); delete the lock if that run is dead") from None
+                if pid > 0 and pid != me["pid"] and _alive(pid):
+                    raise ConfigError(f"{self.path} is in use by turbo-train PID {pid} (lock {lock}); "
+                                      f"wait for it to end or choose another hydra.run.dir") from None
+                if pid != me["pid"]:
+                    warnings.warn(f"{lock}: taking over the stale lock of PID {pid}, which is no longer running",
+                                  stacklevel=2)
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            return
+        raise ConfigError(f"{lock}: could not take the lock (another process is racing for {self.path})")
+
+    def unlock(self) -> None:
+        lock = self.path / LOCK
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse to clobber another run: a finished run needs overwrite=true, an unfinished one
         resume=true (continue) or overwrite=true (start again)."""
@@ -47,10 +131,14 @@ class RunDir:
                 raise ConfigError(f"resume=true but {self.path} holds no checkpoint to resume from "
                                   f"(set hydra.run.dir to the run's directory)")
             (self.path / "DONE").unlink(missing_ok=True)
+            for tmp in [*self.checkpoints.glob(".step_*.tmp"), *self.checkpoints.glob(".step_*.old")]:
+                shutil.rmtree(tmp, ignore_errors=True)  # left by a write that a kill interrupted
             return
         if ours and not overwrite:
-            what = "a finished run (DONE exists)" if done else "an unfinished run"
-            raise ConfigError(f"{self.path} already holds {what}; pass resume=true to continue it, "
+            if done:
+                raise ConfigError(f"{self.path} already holds a finished run (DONE exists); pass overwrite=true "
+                                  f"to replace it, or choose another hydra.run.dir")
+            raise ConfigError(f"{self.path} already holds an unfinished run; pass resume=true to continue it, "
                               f"overwrite=true to replace it, or choose another hydra.run.dir")
         for p in ours:  # overwrite=true: start clean
             shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -61,7 +149,14 @@ class RunDir:
         steps = sorted(self.checkpoints.glob("step_*")) if self.checkpoints.exists() else []
         return steps[-1] if steps else None
 
-    def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizers: dict, keep: int) -> Path:
+    def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizers: dict, keep: int,
+                        loop_state: dict | None = None) -> Path | None:
+        """Write checkpoint ``step``; a model holding a non-finite weight is not written (None)."""
+        bad = nonfinite_parameters(denoiser, objective)
+        if bad:
+            warnings.warn(f"step {step}: not writing a checkpoint, {len(bad)} trained tensors hold non-finite "
+                          f"values (first: {bad[0]}); the last good checkpoint stays", stacklevel=2)
+            return None
         folder = self.checkpoints / f"step_{step:06d}"
         with atomic_dir(folder) as tmp:
             for name in denoiser.adapters:
@@ -69,6 +164,7 @@ class RunDir:
             torch.save({"step": step,
                         "objective": objective.extra_state(),
                         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "loop": loop_state or {},
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                        tmp / "training_state.pt")
@@ -76,9 +172,15 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
-    def load_latest(self, denoiser: Denoiser, objective, optimizers: dict) -> int:
+    def load_latest(self, denoiser: Denoiser, objective, optimizers: dict) -> tuple[int, dict]:
+        """Restore the newest checkpoint; returns (its step, the loop's own state)."""
         folder = self.latest()
-        state = torch.load(folder / "training_state.pt", weights_only=False)
+        path = folder / "training_state.pt"
+        try:  # tensors, numbers, strings and containers only: a crafted pickle is refused, never run
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConfigError(f"{path}: refused, it holds more than tensors and plain values "
+                              f"({str(e).splitlines()[0][:200]}); was it written by turbo-train?") from None
         for name in denoiser.adapters:
             load_lora(denoiser, name, folder / name)
         objective.load_extra_state(state["objective"])
@@ -87,22 +189,54 @@ class RunDir:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(state["step"])
+        return int(state["step"]), dict(state.get("loop", {}))
 
     # --- metrics, config, report ---------------------------------------------------------------------
     def append_metrics(self, metrics: dict) -> None:
         with self.metrics.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(dumps(metrics) + "\n")
 
     def read_metrics(self, upto: int) -> list[dict]:
         """Metrics of steps 1..upto; lines past the checkpoint (steps a killed run did after its last
-        checkpoint, which will be redone) are dropped from the file."""
+        checkpoint, which will be redone) are dropped from the file, and so is a torn last line
+        (a kill in the middle of a write), with a warning."""
         if not self.metrics.exists():
             return []
-        rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{self.metrics}:{number}: not a JSON line; the file is damaged") from None
+                warnings.warn(f"{self.metrics}: dropped its torn last line {number} (a killed write)", stacklevel=2)
         rows = [r for r in rows if r["step"] <= upto]
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics, "".join(dumps(r) + "\n" for r in rows))
         return rows
+
+    def check_resume_config(self, new: dict, free: tuple[str, ...], allow: list[str]) -> None:
+        """resume=true: refuse a config whose training keys differ from the stored config.yaml
+        (a new learning rate would otherwise be written there and silently ignored), unless each
+        changed key is in ``free`` or ``allow`` (a key or a section prefix)."""
+        from omegaconf import OmegaConf
+
+        path = self.path / "config.yaml"
+        if not path.is_file():
+            return
+        old = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+        new = flatten(new)
+
+        def exempt(key: str) -> bool:
+            return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in (*free, *allow))
+
+        changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")
+                   and not exempt(k)]
+        if changed:
+            shown = ", ".join(f"{k} ({old.get(k, '<absent>')} -> {new.get(k, '<absent>')})" for k in changed[:8])
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            raise ConfigError(f"resume=true: the config changes what {path.parent.name} trains: {shown}{more}; "
+                              f"keep the run's values, or pass resume_allow=[{','.join(changed[:3])}] to accept the change")
 
     def write_config(self, text: str) -> None:
         atomic_write_text(self.path / "config.yaml", text)
@@ -133,4 +267,15 @@ class RunDir:
         atomic_write_text(self.path / "report.md", "\n".join(lines))
 
     def mark_done(self, summary: dict) -> None:
-        atomic_write_text(self.path / "DONE", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.path / "DONE", dumps(summary, indent=2) + "\n")
+
+    def log_skipped(self, lines: list[str]) -> None:
+        with (self.path / "data_skipped.log").open("a") as f:
+            f.write("".join(line + "\n" for line in lines))
+
+
+def nonfinite_parameters(denoiser: Denoiser, objective) -> list[str]:
+    """Names of trained tensors (adapters, guidance embeddings, objective extras) holding NaN / inf."""
+    named = [(n, p) for n, p in denoiser.named_parameters() if p.requires_grad]
+    named += [(f"objective.{k}", v) for k, v in objective.extra_state().items() if torch.is_tensor(v)]
+    return [n for n, p in named if p.is_floating_point() and not torch.isfinite(p).all()]

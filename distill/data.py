@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,50 @@ from torch.utils.data import Dataset
 
 from turbo.toy.split import training_specs
 from turbo.toy.world import ToyWorld
-from turbo.video import read_video
+from turbo.video import VideoReadError, read_video
 
-__all__ = ["PromptDataset", "ToyVideoDataset", "VideoFolderDataset", "collate"]
+__all__ = ["BadItemError", "PromptDataset", "ToyVideoDataset", "VideoFolderDataset", "collate", "draw_items",
+           "drop_empty_captions"]
+
+
+class BadItemError(VideoReadError):
+    """An item that cannot be used (an unreadable, truncated, empty or too-short video): the
+    training loop skips it, counts it and refills the batch."""
+
+
+def drop_empty_captions(captions: list[str], where: list[str], source: str) -> list[int]:
+    """Indices of the non-empty captions; every dataset drops empty ones alike, with one warning
+    naming the first few (an empty caption would silently train the unconditional branch)."""
+    keep = [i for i, c in enumerate(captions) if c.strip()]
+    if not keep:
+        raise ValueError(f"{source}: every caption is empty; expected at least one non-empty caption")
+    dropped = [where[i] for i in range(len(captions)) if not captions[i].strip()]
+    if dropped:
+        warnings.warn(f"{source}: skipped {len(dropped)} item(s) with an empty caption: {', '.join(dropped[:5])}"
+                      + (" ..." if len(dropped) > 5 else ""), stacklevel=3)
+    return keep
+
+
+def draw_items(dataset: Dataset, candidates: list[int], count: int, bad: dict[int, str]) -> tuple[list[dict], list[int]]:
+    """The first ``count`` usable items of ``candidates`` (dataset indices, in order). Items that
+    raise BadItemError are skipped, recorded in ``bad`` (index -> reason) and never read again, so
+    the batch is refilled from the next candidates: a deterministic function of (candidates, the
+    files), so a resumed run draws the same batches. Returns (items, newly bad indices)."""
+    items, new = [], []
+    for index in candidates:
+        if len(items) == count:
+            break
+        if index in bad:
+            continue
+        try:
+            items.append(dataset[index])
+        except BadItemError as error:
+            bad[index] = str(error)
+            new.append(index)
+    if len(items) < count:
+        raise ValueError(f"data: only {len(items)} usable items left for a batch of {count} "
+                         f"({len(bad)} of {len(dataset)} skipped, e.g. {next(iter(bad.values()))})")
+    return items, new
 
 
 def _check_index(index: int, length: int, name: str) -> None:
@@ -87,7 +129,12 @@ class VideoFolderDataset(Dataset):
         num_frames: int,
         height: int,
         width: int,
+        verify: bool = False,
+        max_skip_fraction: float = 0.05,
     ) -> None:
+        if not 0 <= max_skip_fraction <= 1:
+            raise ValueError(f"data.max_skip_fraction must be in [0, 1], found {max_skip_fraction}")
+        self.max_skip_fraction = max_skip_fraction
         self.root = Path(root)
         self.num_frames, self.height, self.width = num_frames, height, width
         if not self.root.is_dir():
@@ -97,13 +144,18 @@ class VideoFolderDataset(Dataset):
             raise FileNotFoundError(
                 f"data.root / data.metadata: expected a metadata file at {metadata_path}, found none"
             )
-        self.items: list[tuple[Path, str]] = []
+        items, where = [], []
         for line_number, line in enumerate(metadata_path.read_text().splitlines(), start=1):
             if line.strip():
-                self.items.append(self._parse_line(line, f"{metadata_path}:{line_number}"))
-        if not self.items:
+                items.append(self._parse_line(line, f"{metadata_path}:{line_number}"))
+                where.append(f"{metadata_path}:{line_number}")
+        if not items:
             raise ValueError(f"{metadata_path}: expected at least one {{\"video\": ..., \"caption\": ...}}"
                              " line, found none")
+        keep = drop_empty_captions([caption for _, caption in items], where, f"{metadata_path}")
+        self.items: list[tuple[Path, str]] = [items[i] for i in keep]
+        if verify:
+            self.verify()
 
     def _parse_line(self, line: str, where: str) -> tuple[Path, str]:
         try:
@@ -123,14 +175,34 @@ class VideoFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def name(self, index: int) -> str:
+        """The file behind item ``index`` (for the log of skipped items)."""
+        return str(self.items[index][0])
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         _check_index(index, len(self.items), type(self).__name__)
         path, caption = self.items[index]
-        video, _ = read_video(path, num_frames=self.num_frames)
+        try:
+            video, _ = read_video(path, num_frames=self.num_frames)
+        except VideoReadError as error:
+            raise BadItemError(str(error)) from None
         if video.shape[0] < self.num_frames:
             found = video.shape[0]
-            raise ValueError(f"{path}: expected at least {self.num_frames} frames (video.num_frames), found {found}")
+            raise BadItemError(f"{path}: expected at least {self.num_frames} frames (video.num_frames), found {found}")
         return {"prompt": caption, "video": resize_center_crop(video, self.height, self.width)}
+
+    def verify(self) -> None:
+        """``data.verify=true``: decode every listed file before training; one error listing the bad ones."""
+        bad = {}
+        for index in range(len(self.items)):
+            try:
+                self[index]
+            except BadItemError as error:
+                bad[str(self.items[index][0].relative_to(self.root))] = str(error)
+        if bad:
+            first = next(iter(bad.values()))
+            raise ValueError(f"data.verify: {len(bad)} of {len(self.items)} videos are unusable: {', '.join(bad)} "
+                             f"(the first: {first})")
 
 
 def resize_center_crop(video: Tensor, height: int, width: int) -> Tensor:
@@ -175,10 +247,11 @@ class PromptDataset(Dataset):
             where = "data.prompts"
         if not prompts:
             raise ValueError(f"{where}: expected at least one prompt, found none")
-        bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+        bad = [p for p in prompts if not isinstance(p, str)]
         if bad:
-            raise ValueError(f"{where}: expected non-empty strings, found {bad[0]!r}")
-        self.prompts = list(prompts)
+            raise ValueError(f"{where}: expected strings, found {bad[0]!r}")
+        keep = drop_empty_captions(list(prompts), [f"{where}[{i}]" for i in range(len(prompts))], where)
+        self.prompts = [prompts[i] for i in keep]
 
     def __len__(self) -> int:
         return len(self.prompts)

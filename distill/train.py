@@ -9,10 +9,17 @@
 Randomness: every step draws from a generator seeded by (seed, step, rank) and the data order is
 a permutation seeded by (seed, epoch), so a resumed run replays exactly the steps an
 uninterrupted one would have taken.
+
+What cannot take a run over: a config key that does not exist or a value out of range (refused
+before anything is built, distill/schema.py); a second run on the same folder (a PID lock); a
+resume with a changed config (refused unless ``resume_allow``); a non-finite loss or gradient (the
+step is skipped and counted; ``train.max_nonfinite_steps`` in a row stop the run without DONE);
+an unreadable video (skipped, counted and the batch refilled deterministically).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,21 +31,24 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from distill.checkpoint import RunDir
-from distill.data import collate
+from distill.checkpoint import RunDir, nonfinite_parameters
+from distill.data import collate, draw_items
 from distill.feedback import RewardFeedback
 from distill.objectives.base import Batch, Objective, group_loss
-from turbo.config import ConfigError, build
+from distill.schema import RESUME_FREE, TRAIN
+from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.denoiser import Denoiser
 from turbo.i2v import ImageConditioner, build_i2v
 from turbo.lora import save_lora
 from turbo.sampling import sample_teacher
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
+from turbo.paths import safe_name
 from turbo.video import write_video
 
-TOP_LEVEL_KEYS = {"model", "objective", "reward", "data", "video", "seed", "device", "precision", "resume",
-                  "overwrite", "student", "train", "samples", "eval"}
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (diverged, or too much of its data is unusable); the message says why."""
 
 
 @dataclass
@@ -56,16 +66,36 @@ class Run:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     i2v: ImageConditioner | None = None  # model.i2v: first frame -> image latents / tokens
+    bad_items: dict[int, str] = field(default_factory=dict)  # dataset index -> why it was skipped
+    nonfinite: int = 0          # optimizer steps skipped for a non-finite loss or gradient, in all
+    nonfinite_in_a_row: int = 0
+
+    def loop_state(self) -> dict:
+        return {"bad_items": {int(k): v for k, v in self.bad_items.items()}, "nonfinite": self.nonfinite,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row}
 
 
 # --- setup -------------------------------------------------------------------------------------
+def make_accelerator(cfg: DictConfig) -> Accelerator:
+    cuda = torch.cuda.is_available()
+    if cfg.device.startswith("cuda") and not cuda:
+        raise ConfigError(f"device={cfg.device}: no CUDA device is visible here; use device=auto or device=cpu")
+    if cfg.precision == "fp16" and (cfg.device == "cpu" or not cuda):
+        raise ConfigError("precision=fp16 is not supported on a CPU (accelerate would silently train in fp32); "
+                          "use precision=no or precision=bf16")
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision)
+
+
 def setup(cfg: DictConfig, run_dir: Path) -> Run:
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; turbo-train reads {sorted(TOP_LEVEL_KEYS)}")
+    check_config(cfg, TRAIN)
     out = RunDir(run_dir)
-    out.claim(resume=cfg.resume, overwrite=cfg.overwrite)
-    accelerator = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision)
+    accelerator = make_accelerator(cfg)
+    if accelerator.is_main_process:
+        out.lock()
+        out.claim(resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            out.check_resume_config(OmegaConf.to_container(cfg, resolve=True), RESUME_FREE, list(cfg.resume_allow))
+    accelerator.wait_for_everyone()
     device = accelerator.device
 
     m = cfg.model
@@ -97,7 +127,9 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     optimizers = make_optimizers(objective, accelerator)
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v)
     if cfg.resume:
-        run.step = out.load_latest(denoiser, objective, optimizers)
+        run.step, loop = out.load_latest(denoiser, objective, optimizers)
+        run.bad_items = {int(k): v for k, v in loop.get("bad_items", {}).items()}
+        run.nonfinite, run.nonfinite_in_a_row = int(loop.get("nonfinite", 0)), int(loop.get("nonfinite_in_a_row", 0))
         run.history = out.read_metrics(upto=run.step)
     out.write_config(OmegaConf.to_yaml(cfg, resolve=True))
     return run
@@ -105,13 +137,23 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
 
 def load_batch(run: Run, step: int) -> Batch:
     """The batch of ``step``: a fixed slice of an epoch permutation seeded by (seed, epoch); each
-    process takes its own share of it."""
+    process takes its own share of it. An unusable item is skipped and the share refilled from the
+    items after the slice (``distill.data.draw_items``): still a function of (seed, step, files)."""
     n, bs = len(run.dataset), run.cfg.train.batch_size
     per_epoch = max(1, n // bs)
     epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch))
-    idx = order[i * bs:(i + 1) * bs].tolist()[run.accelerator.process_index::run.accelerator.num_processes]
-    items = collate([run.dataset[j] for j in idx])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)).tolist()
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    candidates = (order[i * bs:] + order[:i * bs])[rank::world]
+    items, new = draw_items(run.dataset, candidates, len(range(rank, bs, world)), run.bad_items)
+    if new and run.accelerator.is_main_process:
+        name = getattr(run.dataset, "name", str)
+        run.out.log_skipped([f"step {step + 1}\t{j}\t{name(j)}\t{run.bad_items[j]}" for j in new])
+    limit = getattr(run.dataset, "max_skip_fraction", 0.0)
+    if len(run.bad_items) > limit * n:
+        raise TrainingStopped(f"data: {len(run.bad_items)} of {n} videos are unusable, more than "
+                              f"data.max_skip_fraction={limit} allows (see {run.out.path / 'data_skipped.log'})")
+    items = collate(items)
     prompts = items["prompt"]
     device = run.accelerator.device
     latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
@@ -141,10 +183,13 @@ def make_optimizers(objective: Objective, accelerator: Accelerator) -> dict[str,
 
 
 def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, group: str, losses,
-             metrics: dict) -> None:
-    """Backward the summed loss, average gradients over processes, clip, step ``group``."""
+             metrics: dict) -> bool:
+    """Backward the summed loss, average gradients over processes, clip, step ``group``. A
+    non-finite loss or gradient norm skips the step (parameters and optimizer state untouched);
+    returns whether the step was taken."""
     params = objective.trainable()[group]
-    optimizers[group].zero_grad(set_to_none=True)
+    optimizer = optimizers[group]
+    optimizer.zero_grad(set_to_none=True)
     total = losses.total()
     accelerator.backward(total)
     # The objectives call the denoiser many times per step in several roles, which does not fit
@@ -153,12 +198,19 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
         for p in params:
             if p.grad is not None:
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
-    norm = torch.nn.utils.clip_grad_norm_(params, objective.optim[group]["grad_clip"])
-    optimizers[group].step()
-    objective.after_step(group)
-    metrics[f"{group}/loss"] = float(total.detach())
-    metrics[f"{group}/grad_norm"] = float(norm)
+    # accelerate's clip unscales fp16 gradients first (clipping scaled ones would clip nothing)
+    norm = accelerator.clip_grad_norm_(params, objective.optim[group]["grad_clip"])
+    loss, norm = float(total.detach()), float(norm)
+    finite = math.isfinite(loss) and math.isfinite(norm)
+    if finite or accelerator.scaler is not None:  # fp16: the grad scaler itself skips inf steps
+        optimizer.step()
+    if finite:
+        objective.after_step(group)
+    optimizer.zero_grad(set_to_none=True)
+    metrics[f"{group}/loss"] = loss
+    metrics[f"{group}/grad_norm"] = norm
     metrics.update({k: float(v.detach()) for k, v in losses.terms.items()})
+    return finite
 
 
 def train_step(run: Run, step: int) -> dict:
@@ -167,6 +219,8 @@ def train_step(run: Run, step: int) -> dict:
     metrics: dict = {"step": step + 1}
     gen = step_generator(run, step)
     batch = load_batch(run, step)
+    metrics["data/skipped"] = len(run.bad_items)
+    taken = True
     for group in run.objective.updates(step):
         with run.accelerator.autocast():
             losses = group_loss(run.objective, group, batch, step, gen)
@@ -174,7 +228,10 @@ def train_step(run: Run, step: int) -> dict:
                 reward = run.feedback(losses.x0, batch.prompts, gen)
                 losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
                 metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
-        optimise(run.objective, run.optimizers, run.accelerator, group, losses, metrics)
+        taken &= optimise(run.objective, run.optimizers, run.accelerator, group, losses, metrics)
+    run.nonfinite += not taken
+    run.nonfinite_in_a_row = 0 if taken else run.nonfinite_in_a_row + 1
+    metrics["skipped/nonfinite"] = run.nonfinite
     return metrics
 
 
@@ -193,8 +250,15 @@ def train(run: Run) -> None:
             first = next((k for k in metrics if k.endswith("/loss")), None)
             if first:
                 bar.set_postfix({first: f"{metrics[first]:.4f}"})
-            if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
-                run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints)
+        if run.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+            last = run.out.latest()
+            raise TrainingStopped(f"train: {run.nonfinite_in_a_row} steps in a row (up to step {run.step}) had a "
+                                  f"non-finite loss or gradient, train.max_nonfinite_steps={cfg.max_nonfinite_steps}; "
+                                  f"stopped without DONE, last good checkpoint: {last or 'none'} "
+                                  f"(lower objective.optim.*.lr?)")
+        if run.accelerator.is_main_process and (run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps):
+            run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints,
+                                    loop_state=run.loop_state())
 
 
 # --- the end of a run ---------------------------------------------------------------------------
@@ -225,7 +289,7 @@ def sample_videos(run: Run) -> dict:
         videos = run.vae.decode(latents)
         timings["decode"] = (time.perf_counter() - t0) / len(prompts)
         for i, (prompt, video) in enumerate(zip(prompts, videos)):
-            write_video(run.out.path / "samples" / f"{who}_{i:02d}_{prompt.replace(' ', '_')[:60]}.mp4", video, fps=s.fps)
+            write_video(run.out.path / "samples" / f"{who}_{i:02d}_{safe_name(prompt, 60)}.mp4", video, fps=s.fps)
     return timings
 
 
@@ -264,6 +328,10 @@ def evaluate(run: Run) -> tuple[dict, str]:
 def finish(run: Run) -> None:
     if not run.accelerator.is_main_process:
         return
+    bad = nonfinite_parameters(run.denoiser, run.objective)
+    if bad:  # never save a NaN student (unreachable while non-finite steps are skipped, kept as a guard)
+        raise TrainingStopped(f"train: {len(bad)} trained tensors hold non-finite values (first: {bad[0]}); "
+                              f"no student written, no DONE; last good checkpoint: {run.out.latest() or 'none'}")
     if "student" in run.objective.trainable():
         save_lora(run.denoiser, "student", run.out.path / "student")
     run.objective.export(run.out.path)
@@ -276,15 +344,20 @@ def finish(run: Run) -> None:
 
 def run_training(cfg: DictConfig, run_dir: Path) -> Run:
     torch.manual_seed(cfg.seed)
-    run = setup(cfg, run_dir)
-    train(run)
-    finish(run)
+    out = RunDir(run_dir)
+    try:
+        run = setup(cfg, run_dir)
+        train(run)
+        finish(run)
+    finally:
+        out.unlock()
     return run
 
 
 @hydra.main(config_path="pkg://conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run = run_training(cfg, Path(HydraConfig.get().runtime.output_dir))
+    run = report_errors("turbo-train", lambda: run_training(cfg, Path(HydraConfig.get().runtime.output_dir)),
+                        errors=(TrainingStopped,))
     print(f"run directory: {run.out.path}")
 
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from turbo.paths import safe_name
 from turbo.toy.split import stream_seed, split_specs
 from turbo.toy.world import BACKGROUND, COLOURS, SceneSpec, ToyWorld, parse_caption
 
@@ -585,7 +586,7 @@ class ToyBench:
                           **{d: result.scores[d] for d in SEMANTIC_DIMENSIONS}}
             if out is not None:
                 for i, (prompt, video) in enumerate(saved):
-                    write_video(Path(out) / "toybench" / f"{_slug(name)}_{i:02d}_{prompt.replace(' ', '_')}.mp4",
+                    write_video(Path(out) / "toybench" / f"{safe_name(name)}_{i:02d}_{safe_name(prompt)}.mp4",
                                 video, fps=fps)
         table = compare_table(rows, num_prompts=len(self.prompts), videos_per_prompt=videos_per_prompt)
         print(table)
@@ -594,10 +595,6 @@ class ToyBench:
 
             atomic_write_text(Path(out) / "toybench.md", table + "\n")
         return rows, table
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, videos_per_prompt: int) -> str:

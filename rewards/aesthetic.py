@@ -152,6 +152,7 @@ def aesthetic_reward(
     arch: str = "ViT-L-14",
     quick_gelu: bool = True,
     match_pil: bool = True,
+    allow_pickle: bool = False,
 ) -> AestheticReward:
     """LAION aesthetic predictor from local files, e.g. ``("/ckpts/ViT-L-14.pt", "/ckpts/sac+logos+ava1-l14-linearMSE.pth")``.
 
@@ -162,14 +163,14 @@ def aesthetic_reward(
     who = f"reward '{name}'"
     clip = aesthetic_clip_model(arch, quick_gelu=quick_gelu)
     load_checkpoint_into(clip, clip_checkpoint, key=f"reward.{name}.model.clip_checkpoint", who=who,
-                         ignore=OPENAI_JIT_EXTRAS)
+                         ignore=OPENAI_JIT_EXTRAS, allow_pickle=allow_pickle)
     head_key = f"reward.{name}.model.head_checkpoint"
-    state = read_state_dict(head_checkpoint, key=head_key, who=who)
+    state = read_state_dict(head_checkpoint, key=head_key, who=who, allow_pickle=allow_pickle)
     try:
         head = head_from_state_dict(state)
     except ValueError as err:
         raise ValueError(f"{who}: {head_checkpoint!r} (config key {head_key}): {err}") from None
-    load_checkpoint_into(head, head_checkpoint, key=head_key, who=who)
+    load_checkpoint_into(head, head_checkpoint, key=head_key, who=who, allow_pickle=allow_pickle)
     embed_dim = clip.visual.output_dim
     in_features = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
     if in_features != embed_dim:

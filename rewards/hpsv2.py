@@ -112,6 +112,7 @@ def hpsv2_reward(
     arch: str = "ViT-H-14",
     name: str = "hpsv2",
     resize_mode: ResizeMode = "pad",
+    allow_pickle: bool = False,
 ) -> HPSv2Reward:
     """HPSv2 / HPSv2.1 from a local checkpoint, e.g. ``hpsv2_reward("/ckpts/HPS_v2.1_compressed.pt")``.
 
@@ -121,7 +122,7 @@ def hpsv2_reward(
     """
     who = f"reward '{name}'"
     model = hpsv2_model(arch)
-    load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=who)
+    load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=who, allow_pickle=allow_pickle)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     return HPSv2Reward(model, open_clip.get_tokenizer(arch), image_size=int(size), resize_mode=resize_mode, name=name)

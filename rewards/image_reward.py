@@ -448,12 +448,12 @@ def tiny_image_reward_model(seed: int = 0, **changes) -> ImageRewardModel:
 
 
 def load_image_reward_model(checkpoint: str | os.PathLike, config: ImageRewardConfig, *,
-                            name: str = "image_reward") -> ImageRewardModel:
+                            name: str = "image_reward", allow_pickle: bool = False) -> ImageRewardModel:
     """An :class:`ImageRewardModel` with the weights of a local official-layout checkpoint
     (:data:`UNUSED_KEYS` skipped; every other key must match in name and shape)."""
     model = ImageRewardModel(config)
     load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
-                         ignore=UNUSED_KEYS)
+                         ignore=UNUSED_KEYS, allow_pickle=allow_pickle)
     return model.eval()
 
 
@@ -465,6 +465,7 @@ def image_reward(
     relu_form: bool = False,
     match_pil: bool = True,
     gradient_checkpointing: bool = False,
+    allow_pickle: bool = False,
 ) -> ImageRewardReward:
     """ImageReward-v1.0 from local files, e.g. ``/ckpts/ImageReward.pt`` and a bert-base-uncased folder.
 
@@ -481,7 +482,7 @@ def image_reward(
             f"reward '{name}': the tokenizer at {tokenizer_path!r} has {len(tokenizer)} tokens with BLIP's [DEC] and "
             f"[ENC], the {size} text encoder {config.vocab_size}; ImageReward uses bert-base-uncased (30522 + 2)"
         )
-    model = load_image_reward_model(checkpoint, config, name=name)
+    model = load_image_reward_model(checkpoint, config, name=name, allow_pickle=allow_pickle)
     model.set_gradient_checkpointing(gradient_checkpointing)
     return ImageRewardReward(model, tokenizer, match_pil=match_pil, relu_form=relu_form, name=name)
 

@@ -428,7 +428,7 @@ def unused_checkpoint_keys(config: InternVideo2Config) -> tuple[str, ...]:
 
 def load_internvideo2(
     checkpoint: str | os.PathLike, config: InternVideo2Config, *, checkpoint_frames: int | None = None,
-    name: str = "internvideo2",
+    name: str = "internvideo2", allow_pickle: bool = False,
 ) -> InternVideo2:
     """An :class:`InternVideo2` of ``config`` with the score-path weights of a local official-format
     checkpoint (state dict at the top level or under ``model`` / ``module``).
@@ -442,7 +442,7 @@ def load_internvideo2(
     model = InternVideo2(replace(config, num_frames=frames))
     load_checkpoint_into(
         model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
-        ignore=unused_checkpoint_keys(config),
+        ignore=unused_checkpoint_keys(config), allow_pickle=allow_pickle,
     )
     model.set_num_frames(config.num_frames)
     return model
@@ -457,6 +457,7 @@ def internvideo2_reward(
     name: str = "internvideo2",
     size: Literal["1B", "tiny"] = "1B",
     antialias: bool = False,
+    allow_pickle: bool = False,
 ) -> VideoTextReward:
     """The InternVideo2-S2 reward from local files, e.g. ``/ckpts/InternVideo2-stage2_1b-224p-f4.pt``
     and a ``bert-large-uncased`` tokenizer folder (or its vocab.txt).
@@ -474,7 +475,7 @@ def internvideo2_reward(
             f"reward '{name}': the tokenizer at {tokenizer_path!r} has {len(tokenizer)} tokens, the {size} text "
             f"encoder {config.vocab_size}; InternVideo2-S2 1B uses bert-large-uncased (30522)"
         )
-    model = load_internvideo2(checkpoint, config, checkpoint_frames=checkpoint_frames, name=name)
+    model = load_internvideo2(checkpoint, config, checkpoint_frames=checkpoint_frames, name=name, allow_pickle=allow_pickle)
     return _reward(model, tokenizer, name, antialias, gradient_checkpointing)
 
 

@@ -8,7 +8,8 @@ with their counts (torch's own strict-load error lists every key, hundreds of li
 ViT-H). Nothing is ever downloaded.
 
 Formats: ``.safetensors``; torch pickles (``.pt``, ``.bin``, ``.pth``, ...) read with
-``weights_only=True`` where they allow it; TorchScript archives (OpenAI's CLIP ``ViT-L-14.pt``).
+``weights_only=True`` only (a pickle of other objects is refused unless its config key
+``<...>.allow_pickle=true`` allows it); TorchScript archives (OpenAI's CLIP ``ViT-L-14.pt``).
 The state dict may be nested under ``"state_dict"``, ``"model"`` or ``"module"`` (HPSv2,
 ViCLIP, DeepSpeed checkpoints).
 """
@@ -30,6 +31,10 @@ from torch import Tensor, nn
 NESTED_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
 # How many key names an error message shows per kind of mismatch.
 SHOWN_KEYS = 5
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that only full unpickling (which can run code) could read, not allowed by its config."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -123,15 +128,17 @@ def read_state_dict(
     key: str,
     who: str,
     prefix_strip: tuple[str, ...] = ("module.",),
-    allow_pickle: bool = True,
+    allow_pickle: bool = False,
 ) -> dict[str, Tensor]:
     """The tensors of a local checkpoint file as a flat ``{name: tensor}`` dict on the CPU.
 
     Unwraps ``NESTED_KEYS``; strips each prefix in ``prefix_strip`` that *every* key carries
-    (DDP's ``module.``). A torch pickle holding more than tensors (e.g. an ``argparse.Namespace``
-    of training options) cannot be read with ``weights_only=True``; with ``allow_pickle`` it is
-    then read with full unpickling and a warning, as the official scripts all do — only load
-    files you trust.
+    (DDP's ``module.``). Torch pickles are read with ``weights_only=True``: one holding Python
+    objects besides tensors (e.g. an ``argparse.Namespace`` of training options, as some official
+    checkpoints do) is refused, naming the file and the config key that allows it
+    (``<...>.allow_pickle=true``, off by default): full unpickling can run any code in the file.
+    TorchScript archives are read with ``torch.jit.load``, whose unpickler builds TorchScript
+    objects only (no Python callables).
     """
     path = Path(path)
     if not path.is_file():
@@ -147,11 +154,17 @@ def read_state_dict(
         try:
             state = _load_state_dict(path)
         except pickle.UnpicklingError as err:
+            allow_key = key.rsplit(".", 1)[0] + ".allow_pickle" if "." in key else "allow_pickle"
             if not allow_pickle:
-                raise ValueError(f"{who}: {str(path)!r} (config key {key}) holds more than tensors: {err}") from None
+                first = str(err).strip().splitlines()[-1][:160] if str(err).strip() else type(err).__name__
+                raise UnsafeCheckpointError(
+                    f"{who}: {str(path)!r} (config key {key}) holds Python objects besides tensors, which "
+                    f"torch.load(weights_only=True) refuses ({first}); nothing in it was run. If you trust "
+                    f"the file, set {allow_key}=true"
+                ) from None
             warnings.warn(
                 f"{who}: {str(path)!r} holds Python objects besides tensors; reading it with "
-                "torch.load(weights_only=False). Only load checkpoints you trust.",
+                f"torch.load(weights_only=False) because {allow_key}=true. Only load checkpoints you trust.",
                 stacklevel=2,
             )
             state = torch.load(path, map_location="cpu", weights_only=False)
@@ -185,7 +198,7 @@ def load_checkpoint_into(
     who: str,
     prefix_strip: tuple[str, ...] = ("module.",),
     ignore: tuple[str, ...] = (),
-    allow_pickle: bool = True,
+    allow_pickle: bool = False,
 ) -> None:
     """Copy the weights in ``path`` into ``model`` (in place, keeping the model's dtypes and device).
 

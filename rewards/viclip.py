@@ -293,13 +293,15 @@ def _reward(model: ViCLIP, tokenizer_path, name: str, antialias: bool, gradient_
     )
 
 
-def load_viclip(checkpoint: str | os.PathLike, config: ViCLIPConfig, *, name: str = "viclip") -> ViCLIP:
+def load_viclip(checkpoint: str | os.PathLike, config: ViCLIPConfig, *, name: str = "viclip",
+                allow_pickle: bool = False) -> ViCLIP:
     """A :class:`ViCLIP` of ``config`` holding the weights of a local official-format checkpoint
     (torch pickle or safetensors; the state dict under ``['model']`` as in
     ``ViClip-InternVid-10M-FLT.pth``, or at the top level). Every key must match, or
     :class:`rewards.loading.CheckpointMismatchError` names the differences."""
     model = ViCLIP(config)
-    load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'")
+    load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
+                         allow_pickle=allow_pickle)
     return model
 
 
@@ -311,6 +313,7 @@ def viclip_reward(
     name: str = "viclip",
     size: Literal["L/14", "B/16", "tiny"] = "L/14",
     antialias: bool = False,
+    allow_pickle: bool = False,
 ) -> VideoTextReward:
     """The ViCLIP reward from a local checkpoint, e.g. ``/ckpts/ViClip-InternVid-10M-FLT.pth``.
 
@@ -321,7 +324,7 @@ def viclip_reward(
     """
     if size not in SIZES:
         raise ValueError(f"reward '{name}': size must be one of {sorted(SIZES)}, found {size!r}")
-    model = load_viclip(checkpoint, SIZES[size](num_frames=num_frames), name=name)
+    model = load_viclip(checkpoint, SIZES[size](num_frames=num_frames), name=name, allow_pickle=allow_pickle)
     return _reward(model, tokenizer_path, name, antialias, gradient_checkpointing)
 
 

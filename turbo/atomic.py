@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 
-def _umask_mode(directory: bool) -> int:
+def umask_mode(directory: bool) -> int:
     """The mode a plain open()/mkdir() would give: mkstemp/mkdtemp create 0600/0700 files, which
     would make run outputs and shipped weights unreadable to other users."""
     mask = os.umask(0)
@@ -36,7 +36,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(tmp, _umask_mode(directory=True))
+    # mkdtemp made the folder 0700, and some writers (safetensors) create their files 0600
+    os.chmod(tmp, umask_mode(directory=True))
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), umask_mode(directory=True))
+        for f in files:
+            os.chmod(os.path.join(root, f), umask_mode(directory=False))
     old = path.with_name(f".{path.name}.old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -52,7 +58,7 @@ def atomic_torch_save(obj, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.chmod(tmp, _umask_mode(directory=False))
+        os.chmod(tmp, umask_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -65,5 +71,5 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(tmp, _umask_mode(directory=False))
+    os.chmod(tmp, umask_mode(directory=False))
     os.replace(tmp, path)

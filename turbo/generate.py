@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -34,23 +33,40 @@ from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from turbo.config import ConfigError
+from turbo.config import (BOOL, DEVICE, MODEL, OPTIONAL_STRING, STRING, VIDEO, ConfigError, Rule, Section,
+                          number, positive_int, report_errors)
+from turbo.config import check_config as check_schema
 from turbo.i2v import load_image
 from turbo.long_video import generate_long
+from turbo.paths import safe_name
 from turbo.pipeline import Stage, check_lora_folder, load_stage, sampler_from_config, t2i2v
 from turbo.video import VideoWriter, read_video, write_video
 
-TOP_LEVEL_KEYS = {"model", "mode", "prompts", "prompt_file", "negative_prompt", "seeds", "lora", "sampler", "long",
-                  "inference", "video", "fps", "device", "image", "image_stage"}
 MODES = ("t2v", "i2v", "t2i2v")
-IMAGE_STAGE_KEYS = {"model", "lora", "sampler"}
+SAMPLER = Section({
+    "name": STRING,
+    "teacher": Section({"steps": positive_int(), "guidance_scale": number(), "grid": STRING}),
+    "consistency": Section({"steps": positive_int(), "grid_steps": positive_int(), "guidance": number(nullable=True),
+                            "sigma_data": number(lambda v: v > 0, "a number > 0"), "timestep_scaling": number()}),
+    "fixed": Section({"timesteps": Rule((list,), lambda v: bool(v) and all(isinstance(t, int) and 0 <= t < 1000 for t in v),
+                                        "a non-empty list of integer timesteps in [0, 999]")}),
+})
+# Every key turbo-generate reads (conf/generate.yaml); turbo.config.check_config refuses the rest.
+GENERATE = {
+    "model": MODEL, "mode": Rule((str,), lambda v: v in MODES, " or ".join(MODES)), "image": OPTIONAL_STRING,
+    "prompts": Rule((list, str), expect="a list of prompts"), "prompt_file": OPTIONAL_STRING, "negative_prompt": STRING,
+    "seeds": Rule((list, int), expect="a seed or a list of seeds"), "lora": OPTIONAL_STRING, "sampler": SAMPLER,
+    "image_stage": Section({"model": MODEL, "lora": OPTIONAL_STRING, "sampler": SAMPLER}),
+    "long": Section({"windows": positive_int(), "overlap": positive_int()}),
+    "inference": Section({"merge_lora": BOOL, "quantize": OPTIONAL_STRING, "attention_backend": OPTIONAL_STRING,
+                          "compile": BOOL}),
+    "video": VIDEO, "fps": number(lambda v: v > 0, "a number > 0"), "device": DEVICE,
+}
 
 
 # --- config checks (before any model is built) --------------------------------------------------
 def check_config(cfg: DictConfig) -> None:
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}; turbo-generate reads {sorted(TOP_LEVEL_KEYS)}")
+    check_schema(cfg, GENERATE)
     mode = cfg.mode
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not a mode; choose one of {', '.join(MODES)}")
@@ -72,9 +88,6 @@ def check_config(cfg: DictConfig) -> None:
                           f"(t2i2v makes its first frame with image_stage.model)")
     if mode == "t2i2v":
         stage = cfg.image_stage
-        extra = sorted(set(stage.keys()) - IMAGE_STAGE_KEYS)
-        if extra:
-            raise ConfigError(f"unknown keys {extra} in image_stage; expected {sorted(IMAGE_STAGE_KEYS)}")
         if stage.model.get("i2v") is not None:
             raise ConfigError(f"image_stage.model={stage.model.get('name', '?')} is an image-to-video model: the "
                               f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
@@ -175,10 +188,6 @@ def write_long(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, path: Path)
     return Path(path)
 
 
-def slug(prompt: str, limit: int = 48) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:limit].rstrip("_") or "prompt"
-
-
 def _stage_row(stage: Stage, lora) -> dict:
     return {"sampler": stage.sampler.name, "steps": stage.sampler.num_steps, "lora": None if lora is None else str(lora)}
 
@@ -199,7 +208,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     paths, firsts, rows = [], [], []
     for i, (prompt, seed) in enumerate(tqdm(jobs, desc="generate", unit="video")):
         t0 = time.perf_counter()
-        name = out / f"{i:03d}_{seed}_{slug(prompt)}.mp4"
+        name = out / f"{i:03d}_{seed}_{safe_name(prompt, 48)}.mp4"
         if cfg.long.windows > 1:
             path, video = write_long(pipe, cfg, prompt, seed, name), None
         else:
@@ -231,13 +240,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        paths = generate(cfg, out)
-    except (ValueError, FileNotFoundError) as e:  # bad input (ConfigError is a ValueError): one line, no traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"turbo-generate: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    paths = report_errors("turbo-generate", lambda: generate(cfg, out))
     print(f"{len(paths)} videos in {out}")
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from turbo.atomic import umask_mode
+
 __all__ = ["VideoInfo", "VideoReadError", "VideoWriter", "read_video", "video_info", "write_video"]
 
 
@@ -156,6 +158,7 @@ class VideoWriter:
         try:
             self._container.mux(self._stream.encode(None))  # flush frames the encoder is holding back
             self._container.close()
+            os.chmod(self._tmp_path, umask_mode(directory=False))  # mkstemp made it 0600
             os.replace(self._tmp_path, self.path)
         except BaseException:
             self._abort()

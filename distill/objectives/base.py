@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from turbo.config import ConfigError
 from turbo.denoiser import Denoiser, Role
 from turbo.text import TextCond
 
@@ -104,10 +105,10 @@ def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> di
         optim = {g: DEFAULT_OPTIM for g in groups}
     optim = {k: dict(v) for k, v in optim.items()}
     if set(optim) != set(groups):
-        raise ValueError(f"objective.optim must have one entry per trainable group {groups}, found {sorted(optim)}")
+        raise ConfigError(f"objective.optim must have one entry per trainable group {groups}, found {sorted(optim)}")
     for group, o in optim.items():
         if set(o) != OPTIM_KEYS:
-            raise ValueError(f"objective.optim.{group} must have keys {sorted(OPTIM_KEYS)}, found {sorted(o)}")
+            raise ConfigError(f"objective.optim.{group} must have keys {sorted(OPTIM_KEYS)}, found {sorted(o)}")
         o["betas"] = tuple(o["betas"])
     return optim
 

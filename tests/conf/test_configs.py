@@ -71,8 +71,41 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
 
 def test_targets_outside_the_project_are_refused():
     cfg = OmegaConf.create({"_target_": "os.system", "command": "true"})
-    with pytest.raises(ConfigError, match="only targets inside"):
+    with pytest.raises(ConfigError, match="not an allowed target"):
         build(cfg, "model.backbone")
+
+
+@pytest.mark.parametrize("node,where", [
+    ({"_target_": "turbo.schedule.FlowSchedule", "shift": {"_target_": "os.system", "command": "touch x"}}, "shift"),
+    ({"_target_": "turbo.schedule.FlowSchedule", "_args_": [{"_target_": "os.system", "command": "touch x"}]},
+     "_args_[0]"),
+    ({"_target_": "rewards.mixture.build_mixture", "a": {"model": [1, {"_target_": "builtins.exec", "x": 1}]}},
+     "a.model[1]"),
+    # inside the project but not a constructor: writes any file it is given
+    ({"_target_": "turbo.atomic.atomic_write_text", "path": "/tmp/x", "text": "y"}, ""),
+    ({"_target_": "rewards.loading.read_state_dict", "path": "/tmp/x.pt", "key": "k", "who": "w"}, ""),
+])
+def test_nested_and_non_constructor_targets_are_refused_before_anything_is_built(tmp_path, node, where):
+    with pytest.raises(ConfigError, match=rf"reward{'.' if where else ''}{where.replace('[', '.').replace(']', '.')}"
+                       r"?.*not an allowed target"):
+        build(OmegaConf.create(node), "reward")
+
+
+def test_every_shipped_target_is_allowed_and_no_allowed_target_writes_or_unpickles():
+    import inspect
+    from hydra._internal.utils import _locate
+
+    from turbo.config import ALLOWED_TARGETS
+    shipped = {line.split(":", 1)[1].strip() for p in CONF.rglob("*.yaml") for line in p.read_text().splitlines()
+               if line.strip().startswith("_target_:") and not line.strip().startswith("_target_: hydra")}
+    assert shipped <= ALLOWED_TARGETS
+    for name in ALLOWED_TARGETS:
+        target = _locate(name)
+        params = inspect.signature(target).parameters
+        # nothing that names an output file, and pickle loading is off unless the config says so
+        assert not {"out", "output", "path_out", "save_to"} & set(params), name
+        if "allow_pickle" in params:
+            assert params["allow_pickle"].default is False, name
 
 
 def _cli(args, cwd):

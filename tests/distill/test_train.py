@@ -122,7 +122,7 @@ def test_feedback_decodes_only_the_frames_it_scores(tmp_path):
 
 
 def test_bad_input_gives_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="unknown config keys"):
+    with pytest.raises(ConfigError, match="tain: unknown key"):
         setup(cfg_for("+tain.steps=3"), tmp_path / "a")
     with pytest.raises(Exception, match="model.path"):
         setup(cfg_for("model=wan2.1_t2v_1.3b", "model.path=/no/such/folder"), tmp_path / "b")
@@ -145,7 +145,7 @@ def test_non_video_file_names_the_file(tmp_path):
                                          + json.dumps({"video": "notes.mp4", "caption": "a blue square moving up"}) + "\n")
     cfg = cfg_for("data=videos", f"data.root={root}", 
                   "train.batch_size=2")
-    with pytest.raises(ValueError, match="notes.mp4"):
+    with pytest.raises(ValueError, match="only 1 usable items.*notes.mp4"):  # skipped, but a batch needs 2
         run_training(cfg, tmp_path / "run")
 
 
