@@ -134,10 +134,12 @@ def tiny_hpsv2_reward(
     checkpoint: str | None = None,
     name: str = "hpsv2",
     resize_mode: ResizeMode = "pad",
+    allow_pickle: bool = False,
 ) -> HPSv2Reward:
     """:class:`HPSv2Reward` over the seeded tiny open_clip model of ``rewards.clip`` (offline, CPU)."""
     model = tiny_clip_model(seed, image_size=image_size)
     if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'")
+        load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
+                             allow_pickle=allow_pickle)
     tokenizer = SimpleTokenizer(context_length=model.context_length)
     return HPSv2Reward(model, tokenizer, image_size=image_size, resize_mode=resize_mode, name=name)

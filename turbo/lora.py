@@ -23,6 +23,35 @@ from turbo.denoiser import Denoiser
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 GUIDANCE = "guidance_embedding.safetensors"
+HAS_GUIDANCE = "turbo.guidance_embedding"  # metadata: "true" when GUIDANCE belongs beside the weights
+
+
+def lora_ranks(state: dict[str, torch.Size]) -> dict[str, int]:
+    """Module name -> the rank its lora_A / lora_B tensors have (from shapes alone)."""
+    ranks = {}
+    for key, shape in state.items():
+        if ".lora_A." in key:
+            ranks[key.split(".lora_A.")[0]] = int(shape[0])
+        elif ".lora_B." in key:
+            ranks[key.split(".lora_B.")[0]] = int(shape[1])
+    return ranks
+
+
+def check_lora_tensors(path: Path, shapes: dict[str, torch.Size], rank: int, targets: list[str]) -> None:
+    """The LoRA config in a file's metadata must describe its tensors (checked before any adapter
+    is allocated): every module has the stated rank and is one of the target modules."""
+    ranks = lora_ranks(shapes)
+    if not ranks:
+        raise ValueError(f"{path}: holds no lora_A / lora_B tensors")
+    wrong = {m: r for m, r in ranks.items() if r != rank}
+    if wrong:
+        module, found = next(iter(wrong.items()))
+        raise ValueError(f"{path}: its metadata says rank {rank}, but {len(wrong)} of its {len(ranks)} LoRA modules "
+                         f"have rank {found} (first: {module}); the file is inconsistent")
+    outside = [m for m in ranks if not any(m == t or m.endswith("." + t) for t in targets)]
+    if outside:
+        raise ValueError(f"{path}: its metadata lists target modules {targets}, but it holds LoRA tensors for "
+                         f"{outside[0]} (and {len(outside) - 1} more outside them); the file is inconsistent")
 
 
 def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
@@ -35,7 +64,9 @@ def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
     # prefix ("transformer.r", ...), the layout its own savers write
     config = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     with atomic_dir(folder) as tmp:
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True)})
+        has_guidance = adapter in denoiser.guidance_embeddings
+        save_file(state, tmp / WEIGHTS, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True),
+                                                  HAS_GUIDANCE: json.dumps(has_guidance)})
         if adapter in denoiser.guidance_embeddings:
             save_file({k: v.detach().contiguous().cpu() for k, v in denoiser.guidance_embeddings[adapter].state_dict().items()},
                       tmp / GUIDANCE)
@@ -49,6 +80,11 @@ def load_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> None:
         raise FileNotFoundError(f"{folder}: expected {WEIGHTS} inside it, found none")
     prefix = denoiser.spec.lora_prefix + "."
     state = {k[len(prefix):]: v for k, v in load_file(folder / WEIGHTS).items() if k.startswith(prefix)}
+    ours = {k: v.shape for k, v in get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter).items()}
+    theirs, here = lora_ranks({k: v.shape for k, v in state.items()}), lora_ranks(ours)
+    if theirs and here and set(theirs.values()) != set(here.values()):
+        raise ValueError(f"{folder / WEIGHTS}: a LoRA of rank {sorted(set(theirs.values()))[0]}, but adapter {adapter!r} "
+                         f"here has rank {sorted(set(here.values()))[0]} (student.rank); use the rank it was trained with")
     result = set_peft_model_state_dict(denoiser.backbone, state, adapter_name=adapter)
     unexpected = getattr(result, "unexpected_keys", None) or []
     if unexpected or not state:

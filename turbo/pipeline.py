@@ -19,6 +19,7 @@ Seeds: ``t2i2v(..., seed)`` draws the video stage's noise from a generator seede
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from turbo.config import ConfigError, build, missing_keys
 from turbo.denoiser import Denoiser, Role
 from turbo.i2v import ImageConditioner, build_i2v
 from turbo.inference import prepare_for_inference
-from turbo.lora import GUIDANCE, WEIGHTS, load_lora
+from turbo.lora import GUIDANCE, HAS_GUIDANCE, WEIGHTS, check_lora_tensors, load_lora
 from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
 from turbo.schedule import GRIDS, ConsistencyBoundary
 from turbo.text import TextCond, TextEncoder
@@ -212,16 +213,29 @@ def add_student(denoiser: Denoiser, folder: Path) -> None:
     path = folder / WEIGHTS
     config = lora_config(folder)
     with safe_open(str(path), framework="pt") as f:
-        found = sorted({k.split(".", 1)[0] for k in f.keys()})
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        guidance = json.loads((f.metadata() or {}).get(HAS_GUIDANCE, "null"))
+    found = sorted({k.split(".", 1)[0] for k in shapes})
     want = denoiser.spec.lora_prefix
     if want not in found:
         raise ValueError(f"{path}: is a LoRA of another model: its keys start with {found}, but this "
                          f"{type(denoiser.backbone).__name__} (model.family={denoiser.family}) needs {want!r}.* keys")
     targets = config["target_modules"]
     targets = [targets] if isinstance(targets, str) else sorted(targets)
+    check_lora_tensors(path, {k: v for k, v in shapes.items() if k.startswith(want + ".")}, int(config["r"]), targets)
+    if not 0 < float(config["lora_alpha"]) < float("inf"):
+        raise ValueError(f"{path}: its metadata's lora_alpha={config['lora_alpha']} is not a positive number")
+    has_file = (folder / GUIDANCE).is_file()
+    if guidance and not has_file:
+        raise FileNotFoundError(f"{folder}: this student was trained with a guidance-scale embedding "
+                                f"(student.guidance_embedding) but {GUIDANCE} is missing beside {WEIGHTS}; "
+                                f"without it the student would sample as another model")
+    if guidance is None and not has_file:
+        warnings.warn(f"{folder}: no {GUIDANCE} beside {WEIGHTS} and no metadata saying whether it needs one; "
+                      f"sampling without a guidance embedding", stacklevel=2)
     try:
         denoiser.add_adapter("student", rank=int(config["r"]), alpha=float(config["lora_alpha"]),
-                             target_modules=targets, guidance_embedding=(folder / GUIDANCE).is_file())
+                             target_modules=targets, guidance_embedding=has_file)
     except ValueError as e:
         raise ValueError(f"{path}: its target modules {targets} do not fit this "
                          f"{type(denoiser.backbone).__name__} (is it a LoRA of another model?): {e}") from None

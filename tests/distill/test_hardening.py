@@ -103,11 +103,16 @@ def test_a_non_finite_loss_leaves_parameters_and_optimizer_state_untouched():
             raise AssertionError("after_step (EMA updates) must not run on a skipped step")
 
     acc = Accelerator(cpu=True)
+    clipped = []
+    clip = acc.clip_grad_norm_
+    acc.clip_grad_norm_ = lambda params, max_norm: clipped.append(max_norm) or clip(params, max_norm)
     opt = torch.optim.AdamW([p], lr=0.1)
     metrics = {}
     taken = optimise(One(), {"student": opt}, acc, "student", Losses({"l": (p * float("nan")).sum()}), metrics)
     assert not taken and torch.equal(p.detach(), torch.ones(3)) and not opt.state
     assert math.isnan(metrics["student/loss"])
+    # accelerate's clip (which unscales fp16 gradients first), not torch's on the scaled ones
+    assert clipped == [1.0]
 
 
 # --- 5. a bad video never stops a run mid-epoch -----------------------------------------------------

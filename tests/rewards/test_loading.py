@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rewards.loading import CheckpointMismatchError, check_keys, load_checkpoint_into, read_state_dict
+from rewards.loading import (CheckpointMismatchError, UnsafeCheckpointError, check_keys, load_checkpoint_into,
+                             read_state_dict)
 
 KEY = "reward.test.model.checkpoint"
 WHO = "reward 'test'"
@@ -77,14 +78,45 @@ def test_torchscript_archive_loads(tmp_path):
     assert_same_weights(target, source)
 
 
-def test_pickled_extras_fall_back_with_a_warning(tmp_path):
+class _Payload:
+    """Unpickling this touches a file: the side effect the test looks for."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_of_objects_is_refused_naming_the_file_and_the_key_and_never_run(tmp_path):
+    source, target = small_model(1), small_model(0)
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": source.state_dict(), "args": _Payload(marker)}, tmp_path / "train.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"train\.pt.*config key reward\.x\.model\.checkpoint.*"
+                       r"set reward\.x\.model\.allow_pickle=true"):
+        load_checkpoint_into(target, tmp_path / "train.pt", key="reward.x.model.checkpoint", who=WHO)
+    assert not marker.exists()
+    assert not torch.equal(target[0].weight, source[0].weight)
+
+
+def test_a_trusted_pickle_of_extras_loads_when_its_config_allows_it(tmp_path):
     source, target = small_model(1), small_model(0)
     torch.save({"state_dict": source.state_dict(), "args": argparse.Namespace(lr=1e-4)}, tmp_path / "train.pt")
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        load_checkpoint_into(target, tmp_path / "train.pt", key=KEY, who=WHO)
+    with pytest.warns(UserWarning, match="weights_only=False.*allow_pickle=true"):
+        load_checkpoint_into(target, tmp_path / "train.pt", key=KEY, who=WHO, allow_pickle=True)
     assert_same_weights(target, source)
-    with pytest.raises(ValueError, match="holds more than tensors"):
-        read_state_dict(tmp_path / "train.pt", key=KEY, who=WHO, allow_pickle=False)
+
+
+def test_reward_configs_refuse_pickles_by_default(tmp_path):
+    """Through a reward's own factory and config key (rewards.hpsv2.tiny_hpsv2_reward)."""
+    from rewards.clip import tiny_clip_model
+    from rewards.hpsv2 import tiny_hpsv2_reward
+
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": tiny_clip_model(1).state_dict(), "x": _Payload(marker)}, tmp_path / "hps.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"reward\.hpsv2\.model\.allow_pickle=true"):
+        tiny_hpsv2_reward(checkpoint=str(tmp_path / "hps.pt"))
+    assert not marker.exists()
 
 
 def test_missing_and_unexpected_key_raise_one_error_listing_both(tmp_path):

@@ -15,7 +15,10 @@ from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
 from turbo.generate import generate, load, load_image_stage, sample_latents
 from turbo.i2v import load_image
-from turbo.lora import save_lora
+from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+from safetensors import safe_open
+
+from turbo.lora import WEIGHTS, save_lora
 from turbo.pipeline import IMAGE_SEED_OFFSET, first_frames, t2i2v
 from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
 from turbo.video import read_video, video_info
@@ -147,6 +150,11 @@ def test_student_without_guidance_embedding(tmp_path):
     (["lora=/nonexistent/student"], FileNotFoundError, "lora=/nonexistent/student: no such folder"),
     (["prompt_file=/nonexistent/p.txt"], FileNotFoundError, "prompt_file=/nonexistent/p.txt"),
     (["seeds=[]"], ConfigError, "seeds must list"),
+    (["+video.fps=24"], ConfigError, "video.fps: unknown key; video has height, num_frames, width"),
+    (["video.num_frames=0"], ConfigError, "video.num_frames=0: expected an integer >= 1"),
+    (["+sampler.teacher.eta=0"], ConfigError, "sampler.teacher.eta: unknown key"),
+    (["+model.backbone.foo=1"], ConfigError, "model.backbone.foo: unknown key; turbo.models.tiny_wan takes"),
+    (["device=banana"], ConfigError, "device='banana'"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, overrides, error, match):
     with pytest.raises(error, match=match):
@@ -306,3 +314,48 @@ def test_diffusers_grid_option_reaches_the_teacher_sampler():
     index = sample_teacher(pipe.denoiser, cond, uncond, shape, 3, 7.5, torch.Generator().manual_seed(0))
     torch.testing.assert_close(got, want)
     assert (got - index).abs().max() > 1e-3  # the grids differ
+
+
+def test_traversal_prompt_writes_inside_the_output_dir(tmp_path):
+    out = tmp_path / "a" / "b"
+    paths = generate(cfg_for("prompts=['x/../../../escaped']"), out)
+    assert [p.name for p in paths] == ["000_0_x_escaped.mp4"] and all(out in p.parents for p in paths)
+    assert not list(tmp_path.rglob("escaped*"))
+
+
+def test_lora_metadata_that_contradicts_its_tensors_is_refused_before_allocation(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "student"
+    perturbed_student("tiny_wan", folder)
+    path = folder / WEIGHTS
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta[LORA_ADAPTER_METADATA_KEY])
+    config["transformer.r"] = 8  # the tensors have rank 4
+    meta[LORA_ADAPTER_METADATA_KEY] = json.dumps(config)
+    save_file(load_file(path), path, metadata=meta)
+    with pytest.raises(ValueError, match=r"pytorch_lora_weights\.safetensors: its metadata says rank 8, but .* rank 4"):
+        load(cfg_for(f"lora={folder}"))
+
+
+def test_a_student_missing_its_guidance_embedding_is_refused_by_name(tmp_path):
+    folder = tmp_path / "student"
+    perturbed_student("tiny_wan", folder, guidance_embedding=True)
+    (folder / "guidance_embedding.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"guidance_embedding\.safetensors is missing"):
+        load(cfg_for(f"lora={folder}"))
+
+
+def test_a_lora_of_another_rank_is_one_line(tmp_path):
+    from turbo.lora import load_lora
+
+    folder = tmp_path / "student"
+    perturbed_student("tiny_wan", folder)
+    m = cfg_for().model
+    other = Denoiser(build(m.backbone, "b"), build(m.schedule, "s"), m.family, m.get("time_embedding_module"))
+    other.add_adapter("student", rank=8, alpha=8, target_modules=list(m.lora_targets), guidance_embedding=True)
+    with pytest.raises(ValueError, match=r"a LoRA of rank 4, but adapter 'student' here has rank 8 \(student.rank\)"):
+        load_lora(other, "student", folder)
