@@ -44,6 +44,7 @@ from turbo.sampling import sample_teacher
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.paths import safe_name
+from turbo.timing import median_seconds, speedup_bound
 from turbo.video import write_video
 
 
@@ -265,7 +266,8 @@ def train(run: Run) -> None:
 @torch.no_grad()
 def sample_videos(run: Run) -> dict:
     """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed. Returns
-    seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart)."""
+    seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart):
+    the call that made the saved videos is the warm-up, then the median of 3 timed calls."""
     s, v = run.cfg.samples, run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
     prompts = list(s.prompts)
@@ -282,12 +284,10 @@ def sample_videos(run: Run) -> dict:
     }
     timings = {}
     for who, sample in samplers.items():
-        t0 = time.perf_counter()
-        latents = sample(torch.Generator().manual_seed(s.seed))
-        timings[who] = (time.perf_counter() - t0) / len(prompts)
-        t0 = time.perf_counter()
+        latents = sample(torch.Generator().manual_seed(s.seed))  # also the warm-up
+        timings[who] = median_seconds(lambda: sample(torch.Generator().manual_seed(s.seed)), warmup=0) / len(prompts)
         videos = run.vae.decode(latents)
-        timings["decode"] = (time.perf_counter() - t0) / len(prompts)
+        timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
         for i, (prompt, video) in enumerate(zip(prompts, videos)):
             write_video(run.out.path / "samples" / f"{who}_{i:02d}_{safe_name(prompt, 60)}.mp4", video, fps=s.fps)
     return timings
@@ -317,12 +317,15 @@ def evaluate(run: Run) -> tuple[dict, str]:
                                        guidance=s.student_guidance)
         return run.vae.decode(latents)
 
+    cfg_evals = 2 if s.teacher_guidance != 1 else 1
     samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher,
                 f"teacher, {s.student_steps} steps, CFG {s.teacher_guidance}":
                     lambda prompts, seed: teacher(prompts, seed, s.student_steps)}
+    nfe = dict(zip(samplers, (cfg_evals * s.teacher_steps, cfg_evals * s.student_steps)))
     if "student" in run.objective.trainable():
         samplers[f"student, {s.student_steps} steps"] = student
-    return bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps)
+        nfe[f"student, {s.student_steps} steps"] = s.student_steps
+    return bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps, nfe=nfe)
 
 
 def finish(run: Run) -> None:
@@ -338,6 +341,10 @@ def finish(run: Run) -> None:
     timings = sample_videos(run)
     results, table = evaluate(run)
     run.out.write_report(run.cfg, run.history, timings, evaluation=table)
+    s = run.cfg.samples
+    teacher_nfe = (2 if s.teacher_guidance != 1 else 1) * s.teacher_steps
+    timings["speedup"] = timings["teacher"] / timings["student"]
+    timings["speedup_bound"] = speedup_bound(teacher_nfe, s.student_steps)
     run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings,
                        "eval": results})
 

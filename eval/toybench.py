@@ -553,36 +553,37 @@ class ToyBench:
         return self.evaluate(videos)
 
     def compare(self, samplers: Mapping[str, Callable[[list[str], int], Tensor]], out: str | None = None,
-                videos_per_prompt: int = 1, seed: int = 0, save_videos: int = 4,
-                fps: int = 8) -> tuple[dict[str, dict], str]:
+                videos_per_prompt: int = 1, seed: int = 0, save_videos: int = 4, fps: int = 8,
+                nfe: Mapping[str, int] | None = None, timing_batch: int = 4) -> tuple[dict[str, dict], str]:
         """Score several samplers side by side on the held-out prompts (the end of ``turbo-train``).
 
         ``samplers``: name -> ``generate(prompts, seed)`` returning ``B,F,3,H,W`` in [0, 1]. Each is
-        timed (seconds per video, the whole call: sampling and decoding). Prints a table, writes it
-        to ``out/toybench.md`` with the first ``save_videos`` videos of each sampler as mp4s, and
-        returns ``({name: {"quality", "semantic", "total", "sec_per_video", <semantic dimensions>}},
-        the markdown table)``.
+        timed on its own after scoring (which is its warm-up): the median of 3 calls on the first
+        ``timing_batch`` prompts, seconds per video of the whole call (sampling and decoding).
+        ``nfe``: name -> network evaluations per video, printed beside the seconds. Prints a table,
+        writes it to ``out/toybench.md`` with the first ``save_videos`` videos of each sampler as
+        mp4s, and returns ``({name: {"quality", "semantic", "total", "sec_per_video", "nfe",
+        <semantic dimensions>}}, the markdown table)``.
         """
-        import time
         from pathlib import Path
 
+        from turbo.timing import median_seconds
         from turbo.video import write_video
 
         rows: dict[str, dict] = {}
+        timing_prompts = list(self.prompts[:timing_batch])
         for name, generate in samplers.items():
             saved: list[tuple[str, Tensor]] = []
 
-            def timed(prompts: list[str], s: int, generate=generate, saved=saved) -> Tensor:
-                t0 = time.perf_counter()
+            def keep(prompts: list[str], s: int, generate=generate, saved=saved) -> Tensor:
                 videos = generate(prompts, s)
-                timed.seconds += time.perf_counter() - t0
                 saved.extend(list(zip(prompts, videos))[: max(0, save_videos - len(saved))])
                 return videos
 
-            timed.seconds = 0.0
-            result = self.evaluate_generator(timed, videos_per_prompt=videos_per_prompt, seed=seed)
+            result = self.evaluate_generator(keep, videos_per_prompt=videos_per_prompt, seed=seed)
+            seconds = median_seconds(lambda: generate(timing_prompts, seed), warmup=0) / len(timing_prompts)
             rows[name] = {"quality": result.quality, "semantic": result.semantic, "total": result.total,
-                          "sec_per_video": timed.seconds / (len(self.prompts) * videos_per_prompt),
+                          "sec_per_video": seconds, "nfe": None if nfe is None else nfe.get(name),
                           **{d: result.scores[d] for d in SEMANTIC_DIMENSIONS}}
             if out is not None:
                 for i, (prompt, video) in enumerate(saved):
@@ -600,9 +601,14 @@ class ToyBench:
 def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, videos_per_prompt: int) -> str:
     """A markdown table of ``ToyBench.compare`` results, one row per sampler."""
     lines = [f"ToyBench on {num_prompts} held-out prompts x {videos_per_prompt} video(s) (0..100)", "",
-             "| sampler | Quality | Semantic | Total | colour | shape | motion | count | s / video |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| sampler | Quality | Semantic | Total | colour | shape | motion | count | s / video | NFE / video |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        nfe = r.get("nfe")
         lines.append(f"| {name} | {r['quality']:.1f} | {r['semantic']:.1f} | {r['total']:.1f} | {r['colour']:.1f} | "
-                     f"{r['shape']:.1f} | {r['motion']:.1f} | {r['count']:.1f} | {r['sec_per_video']:.3f} |")
+                     f"{r['shape']:.1f} | {r['motion']:.1f} | {r['count']:.1f} | {r['sec_per_video']:.3f} | "
+                     f"{'' if nfe is None else nfe} |")
+    lines.append("")
+    lines.append(f"s / video: the median of 3 calls on {min(4, num_prompts)} prompts after a warm-up, sampling and "
+                 f"decoding; NFE: network evaluations per video (CFG counts 2 per step).")
     return "\n".join(lines)

@@ -9,8 +9,8 @@ python3 -m venv "$env"
 "$env/bin/python" -m pytest -q
 {
   sed -n '1,4p' requirements/lock.txt
-  echo "# Generated $(date -u +%Y-%m-%d) by: pip freeze --exclude-editable"
-  "$env/bin/pip" freeze --exclude-editable
+  echo "# Generated $(date -u +%Y-%m-%d) by: pip freeze --all --exclude-editable (less pip)"
+  "$env/bin/pip" freeze --all --exclude-editable | grep -v "^pip=="
 } > requirements/lock.txt.new
 mv requirements/lock.txt.new requirements/lock.txt
 echo "requirements/lock.txt refreshed from $env; the suite passed with it"

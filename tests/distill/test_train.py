@@ -38,6 +38,11 @@ def test_default_run_writes_every_output(tmp_path):
     info = video_info(videos[0])
     assert (info.frames, info.height, info.width) == (9, 32, 32)
     assert (tmp_path / "DONE").is_file() and "speed-up" in (tmp_path / "report.md").read_text()
+    # the timing is honest: a warm-up, then the median of repeats; no ratio beyond what the network
+    # evaluations allow (teacher 4 steps with CFG = 8 NFE, student 2 steps = 2 NFE: at most 4x)
+    timing = json.loads((tmp_path / "DONE").read_text())["sec_per_video"]
+    assert timing["speedup_bound"] == 4.0 and 0 < timing["speedup"] <= 1.25 * timing["speedup_bound"]
+    assert "network evaluations allow at most 4.0x" in (tmp_path / "report.md").read_text()
 
 
 def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, capsys):
@@ -51,6 +56,8 @@ def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, c
     table = (tmp_path / "eval" / "toybench.md").read_text()
     assert table.strip() in (tmp_path / "report.md").read_text()
     assert "Semantic" in table and table.splitlines()[0] in capsys.readouterr().out
+    assert [done["eval"][n]["nfe"] for n in names] == [8, 4, 2]  # CFG counts 2 per step; the student 1
+    assert "| NFE / video |" in table
     assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 6  # 2 prompts x 3 samplers
 
 

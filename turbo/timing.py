@@ -1,0 +1,29 @@
+"""Honest wall-clock timings: a warm-up call (lazy initialisation, allocator growth, kernel
+selection), then the median of repeats. A first call timed alone inflates the slower sampler's
+time and a speed-up can come out far beyond what its network evaluations allow."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> float:
+    """Seconds one call of ``fn`` takes: ``warmup`` untimed calls, then the median of ``repeats``."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, found {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speedup_bound(teacher_nfe: int, student_nfe: int) -> float:
+    """The largest speed-up the network evaluations allow: teacher NFE / student NFE (fixed costs
+    shared by both, such as a VAE decode or a text encoder, only lower the real ratio)."""
+    return teacher_nfe / student_nfe
