@@ -265,7 +265,8 @@ class RunDir:
                   f"Student speed-up: {t / st:.1f}x per video (network evaluations allow at most {bound:.1f}x), "
                   f"before the VAE decode ({timings.get('decode', float('nan')):.4f} s / video, the same for both); "
                   f"median of 3 timed calls after a warm-up.",
-                  "Samples: samples/*.mp4. Student LoRA: student/.", ""]
+                  "Samples: samples/*.mp4. Student LoRA: student/. Training curves (losses, reward scores, "
+                  "validation probe): curves.png; the benchmark's videos side by side: eval/toybench_grid.png.", ""]
         if evaluation:
             lines += ["## Evaluation", "", evaluation, ""]
         atomic_write_text(self.path / "report.md", "\n".join(lines))

@@ -44,6 +44,7 @@ from turbo.sampling import sample_teacher
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.paths import safe_name
+from turbo.plots import plot_curves
 from turbo.timing import median_seconds, speedup_bound
 from turbo.video import write_video
 
@@ -67,6 +68,7 @@ class Run:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     i2v: ImageConditioner | None = None  # model.i2v: first frame -> image latents / tokens
+    bench: object | None = None  # the run's benchmark (``eval``): compare() at the end, probe() every eval.every steps
     bad_items: dict[int, str] = field(default_factory=dict)  # dataset index -> why it was skipped
     nonfinite: int = 0          # optimizer steps skipped for a non-finite loss or gradient, in all
     nonfinite_in_a_row: int = 0
@@ -126,7 +128,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                           f"but data ({type(dataset).__name__}) gives prompts only")
 
     optimizers = make_optimizers(objective, accelerator)
-    run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v)
+    bench = None if cfg.get("eval") is None else build(cfg.eval, "eval")
+    run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v, bench=bench)
     if cfg.resume:
         run.step, loop = out.load_latest(denoiser, objective, optimizers)
         run.bad_items = {int(k): v for k, v in loop.get("bad_items", {}).items()}
@@ -246,6 +249,9 @@ def train(run: Run) -> None:
         metrics["sec"] = round(time.perf_counter() - t0, 4)
         run.step = step + 1
         run.history.append(metrics)
+        every = getattr(run.bench, "every", 0)
+        if every and run.step % every == 0 and run.accelerator.is_main_process and "student" in run.objective.trainable():
+            metrics.update({f"val/{k}": v for k, v in run.bench.probe(lambda p, seed: student_videos(run, p, seed)).items()})
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
             first = next((k for k in metrics if k.endswith("/loss")), None)
@@ -260,6 +266,7 @@ def train(run: Run) -> None:
         if run.accelerator.is_main_process and (run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps):
             run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints,
                                     loop_state=run.loop_state())
+            plot_curves(run.history, run.out.path / "curves.png")
 
 
 # --- the end of a run ---------------------------------------------------------------------------
@@ -294,16 +301,25 @@ def sample_videos(run: Run) -> dict:
 
 
 @torch.no_grad()
+def student_videos(run: Run, prompts: list[str], seed: int) -> torch.Tensor:
+    """The student's few-step videos (B,F,3,H,W in [0, 1]) for ``prompts``, noise from ``seed``."""
+    s, v = run.cfg.samples, run.cfg.video
+    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
+    latents = run.objective.sample(run.text(prompts), shape, s.student_steps, torch.Generator().manual_seed(seed),
+                                   guidance=s.student_guidance)
+    return run.vae.decode(latents)
+
+
+@torch.no_grad()
 def evaluate(run: Run) -> tuple[dict, str]:
     """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none): the teacher with CFG
     at ``samples.teacher_steps`` and at ``samples.student_steps`` against the student at
     ``samples.student_steps`` (what distillation buys over just taking fewer steps), decoded
     videos B,F,3,H,W in [0, 1] from each. The config names the evaluator, so distill/ never
     imports eval/; any object with ``compare(samplers, out=...) -> (results, markdown)`` fits."""
-    if run.cfg.get("eval") is None:
+    if run.bench is None:
         return {}, ""
 
-    bench = build(run.cfg.eval, "eval")
     s, v = run.cfg.samples, run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
 
@@ -312,20 +328,15 @@ def evaluate(run: Run) -> tuple[dict, str]:
                                  steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
         return run.vae.decode(latents)
 
-    def student(prompts: list[str], seed: int):
-        latents = run.objective.sample(run.text(prompts), shape, s.student_steps, torch.Generator().manual_seed(seed),
-                                       guidance=s.student_guidance)
-        return run.vae.decode(latents)
-
     cfg_evals = 2 if s.teacher_guidance != 1 else 1
     samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher,
                 f"teacher, {s.student_steps} steps, CFG {s.teacher_guidance}":
                     lambda prompts, seed: teacher(prompts, seed, s.student_steps)}
     nfe = dict(zip(samplers, (cfg_evals * s.teacher_steps, cfg_evals * s.student_steps)))
     if "student" in run.objective.trainable():
-        samplers[f"student, {s.student_steps} steps"] = student
+        samplers[f"student, {s.student_steps} steps"] = lambda prompts, seed: student_videos(run, prompts, seed)
         nfe[f"student, {s.student_steps} steps"] = s.student_steps
-    return bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps, nfe=nfe)
+    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps, nfe=nfe)
 
 
 def finish(run: Run) -> None:
@@ -340,6 +351,7 @@ def finish(run: Run) -> None:
     run.objective.export(run.out.path)
     timings = sample_videos(run)
     results, table = evaluate(run)
+    plot_curves(run.history, run.out.path / "curves.png")
     run.out.write_report(run.cfg, run.history, timings, evaluation=table)
     s = run.cfg.samples
     teacher_nfe = (2 if s.teacher_guidance != 1 else 1) * s.teacher_steps

@@ -456,14 +456,19 @@ class ToyBench:
     """
 
     def __init__(self, num_prompts: int = 24, seed: int = 0, heldout_fraction: float = 0.2,
-                 num_frames: int = 16, height: int = 32, width: int = 32, reference_per_prompt: int = 4) -> None:
+                 num_frames: int = 16, height: int = 32, width: int = 32, reference_per_prompt: int = 4,
+                 every: int = 0, probe_prompts: int = 4) -> None:
         self.training, self.held_out = split_specs(seed, heldout_fraction)
         if not 1 <= num_prompts <= len(self.held_out):
             raise ValueError(f"num_prompts must be in [1, {len(self.held_out)}] (the held-out specs at "
                              f"heldout_fraction={heldout_fraction}), found {num_prompts}")
         if reference_per_prompt < 2:
             raise ValueError(f"reference_per_prompt must be >= 2 (a covariance), found {reference_per_prompt}")
+        if every < 0 or probe_prompts < 1:
+            raise ValueError(f"eval.every must be >= 0 (0: no probe) and eval.probe_prompts >= 1, "
+                             f"found every={every}, probe_prompts={probe_prompts}")
         self.seed, self.reference_per_prompt = seed, reference_per_prompt
+        self.every, self.probe_prompts = every, min(probe_prompts, num_prompts)
         self.world = ToyWorld(num_frames=num_frames, height=height, width=width)
         self.prompts = [spec.caption() for spec in self.held_out[:num_prompts]]
         self._reference: dict[str, Tensor] = {}
@@ -552,6 +557,15 @@ class ToyBench:
                 videos[prompt].append(video)
         return self.evaluate(videos)
 
+    def probe(self, generate: Callable[[list[str], int], Sequence[Tensor] | Tensor], seed: int = 0) -> dict[str, float]:
+        """The validation probe of a training run (``every`` steps): the first ``probe_prompts``
+        held-out prompts, one video each, scored; {"total", "quality", "semantic", <semantic dims>}."""
+        prompts = self.prompts[: self.probe_prompts]
+        batch = generate(list(prompts), seed)
+        result = self.evaluate({p: [v] for p, v in zip(prompts, batch)})
+        return {"total": result.total, "quality": result.quality, "semantic": result.semantic,
+                **{d: result.scores[d] for d in SEMANTIC_DIMENSIONS}}
+
     def compare(self, samplers: Mapping[str, Callable[[list[str], int], Tensor]], out: str | None = None,
                 videos_per_prompt: int = 1, seed: int = 0, save_videos: int = 4, fps: int = 8,
                 nfe: Mapping[str, int] | None = None, timing_batch: int = 4) -> tuple[dict[str, dict], str]:
@@ -562,7 +576,8 @@ class ToyBench:
         ``timing_batch`` prompts, seconds per video of the whole call (sampling and decoding).
         ``nfe``: name -> network evaluations per video, printed beside the seconds. Prints a table,
         writes it to ``out/toybench.md`` with the first ``save_videos`` videos of each sampler as
-        mp4s, and returns ``({name: {"quality", "semantic", "total", "sec_per_video", "nfe",
+        mp4s and a picture of them, ``out/toybench_grid.png`` (rows: sampler x prompt, columns:
+        frames), and returns ``({name: {"quality", "semantic", "total", "sec_per_video", "nfe",
         <semantic dimensions>}}, the markdown table)``.
         """
         from pathlib import Path
@@ -571,6 +586,7 @@ class ToyBench:
         from turbo.video import write_video
 
         rows: dict[str, dict] = {}
+        grid: list[tuple[str, Tensor]] = []
         timing_prompts = list(self.prompts[:timing_batch])
         for name, generate in samplers.items():
             saved: list[tuple[str, Tensor]] = []
@@ -589,12 +605,17 @@ class ToyBench:
                 for i, (prompt, video) in enumerate(saved):
                     write_video(Path(out) / "toybench" / f"{safe_name(name)}_{i:02d}_{safe_name(prompt)}.mp4",
                                 video, fps=fps)
+                grid += [(f"{name}\n{prompt}", video) for prompt, video in saved[:3]]
         table = compare_table(rows, num_prompts=len(self.prompts), videos_per_prompt=videos_per_prompt)
         print(table)
         if out is not None:
             from turbo.atomic import atomic_write_text
 
             atomic_write_text(Path(out) / "toybench.md", table + "\n")
+            if grid:
+                from turbo.plots import plot_grid
+
+                plot_grid(grid, Path(out) / "toybench_grid.png")
         return rows, table
 
 

@@ -46,7 +46,7 @@ def test_default_run_writes_every_output(tmp_path):
 
 
 def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, capsys):
-    run_training(cfg_for("eval=toybench", "eval.num_prompts=2", "eval.reference_per_prompt=2"), tmp_path)
+    run_training(cfg_for("eval=toybench", "eval.num_prompts=2", "eval.reference_per_prompt=2", "eval.every=2"), tmp_path)
     done = json.loads((tmp_path / "DONE").read_text())
     names = list(done["eval"])
     assert [n.split(",")[0] for n in names] == ["teacher", "teacher", "student"]
@@ -58,6 +58,11 @@ def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, c
     assert "Semantic" in table and table.splitlines()[0] in capsys.readouterr().out
     assert [done["eval"][n]["nfe"] for n in names] == [8, 4, 2]  # CFG counts 2 per step; the student 1
     assert "| NFE / video |" in table
+    # the validation probe every eval.every=2 steps, and the pictures a person looks at
+    probes = [r for r in metrics(tmp_path) if "val/total" in r]
+    assert [r["step"] for r in probes] == [2, 4] and all(0 <= r["val/semantic"] <= 100 for r in probes)
+    for png in (tmp_path / "curves.png", tmp_path / "eval" / "toybench_grid.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 6  # 2 prompts x 3 samplers
 
 

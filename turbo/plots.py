@@ -1,0 +1,87 @@
+"""The run's pictures: training curves (``curves.png``) from metrics.jsonl rows, and sample grids.
+
+Collapse and reward hacking show in the curves while they happen: the losses fall, the reward
+scores (``score/*``) climb, and the validation probe (``val/*``: held-out prompts sampled by the
+student and scored by the run's benchmark, which shares nothing with the rewards) falls.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from turbo.atomic import umask_mode  # noqa: E402
+
+PANELS = (("losses", lambda k: k.endswith("/loss") or k.startswith("reward/")),
+          ("reward scores (training)", lambda k: k.startswith("score/")),
+          ("validation probe (held-out prompts)", lambda k: k.startswith("val/")))
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.chmod(tmp, umask_mode(directory=False))
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def plot_curves(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path | None:
+    """One panel per kind of metric (losses, reward scores, probe) against the step; None when
+    there is nothing to plot. Non-finite values are gaps."""
+    panels = []
+    for title, wanted in PANELS:
+        keys = sorted({k for r in rows for k in r if wanted(k)})
+        if keys:
+            panels.append((title, keys))
+    if not rows or not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, (title, keys) in zip(axes[:, 0], panels):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
+                      and math.isfinite(r[key])]
+            if points:
+                ax.plot(*zip(*points), label=key, marker="o" if title.startswith("validation") else None,
+                        markersize=3)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    return _save(fig, Path(path))
+
+
+def plot_grid(rows: Sequence[tuple[str, Tensor]], path: str | Path) -> Path:
+    """A picture of videos: one row per (label, ``F,3,H,W`` video in [0, 1]), one column per frame."""
+    if not rows:
+        raise ValueError("plot_grid: expected at least one video")
+    frames = max(v.shape[0] for _, v in rows)
+    fig, axes = plt.subplots(len(rows), frames, figsize=(0.7 * frames + 3.2, 0.75 * len(rows) + 0.3), squeeze=False)
+    for r, (label, video) in enumerate(rows):
+        for c in range(frames):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < video.shape[0]:
+                ax.imshow(video[c].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for c in range(frames):
+        axes[0, c].set_title(f"frame {c}", fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.1)
+    return _save(fig, Path(path))
