@@ -23,7 +23,8 @@ Input contract (rewards.base): video B,F,3,H,W float in [0, 1], any H, W (resize
 antialiased bilinear interpolation, differentiable), B prompts -> B float32 scores,
 differentiable w.r.t. the video.
 
-Training recipe (:func:`train_toy_reward`, ``python -m rewards.toy --kind image|video``):
+Training recipe (``rewards/toy_train.py``: :func:`rewards.toy_train.train_toy_reward`,
+``python -m rewards.toy_train --kind image|video``):
 ToyWorld clips (9 frames, 32x32) drawn only from ``turbo.toy.split.training_specs()``; symmetric
 InfoNCE with in-batch negatives, each clip adding one hard-negative caption that differs from
 its own in one attribute (colour or shape for the image model; colour, shape or motion for the
@@ -35,13 +36,9 @@ MANIFEST.json.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import json
 import math
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
@@ -52,13 +49,12 @@ from torch import Tensor, nn
 
 from rewards.base import FrozenReward, RewardInputError, check_video
 from turbo.toy import assets
-from turbo.toy.split import split_specs, stream_seed, training_specs
 from turbo.toy.vocab import MAX_LENGTH, VOCAB
-from turbo.toy.world import COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, ToyWorld
+from turbo.toy.world import MOTIONS
 
 __all__ = [
-    "ASSETS", "MOTION_WORDS", "ToyDualEncoder", "ToyImageText", "ToyReward", "ToyRewardConfig",
-    "ToyVideoText", "TrainResult", "load_toy_reward", "ranking_accuracy", "train_toy_reward", "tokenize",
+    "ASSETS", "ATTRIBUTES", "MOTION_WORDS", "ToyDualEncoder", "ToyImageText", "ToyReward", "ToyRewardConfig",
+    "ToyVideoText", "load_toy_reward", "tokenize",
 ]
 
 Kind = Literal["image", "video"]
@@ -66,7 +62,6 @@ Kind = Literal["image", "video"]
 MOTION_WORDS: frozenset[str] = frozenset({"moving", "standing", *MOTIONS})
 ASSETS: dict[str, str] = {"image": "reward_image_text", "video": "reward_video_text"}
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "motion")
-_VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": tuple(MOTIONS)}
 
 
 @dataclass(frozen=True)
@@ -317,199 +312,3 @@ def load_toy_reward(kind: str, name: str | None = None) -> ToyReward:
     if kind not in classes:
         raise ValueError(f"reward.*.model.kind: expected 'image' or 'video', found {kind!r}")
     return classes[kind].from_asset(name)
-
-
-# --- training -------------------------------------------------------------------------------------
-
-def _swap(obj: ObjectSpec, attribute: str, value: str) -> SceneSpec:
-    return SceneSpec((dataclasses.replace(obj, **{attribute: value}),))
-
-
-def one_attribute_negative(spec: SceneSpec, attributes: Sequence[str], allowed: set[SceneSpec] | None,
-                           generator: torch.Generator) -> SceneSpec:
-    """A scene differing from one-object ``spec`` in one of ``attributes`` (picked at random), kept
-    inside ``allowed`` when given (an attribute with no allowed alternative is skipped)."""
-    (obj,) = spec.objects
-    order = [attributes[i] for i in torch.randperm(len(attributes), generator=generator).tolist()]
-    for attribute in order:
-        options = [_swap(obj, attribute, v) for v in _VALUES[attribute] if v != getattr(obj, attribute)]
-        if allowed is not None:
-            options = [o for o in options if o in allowed]
-        if options:
-            return options[int(torch.randint(len(options), (), generator=generator))]
-    raise ValueError(f"no allowed one-attribute negative of {spec.caption()!r} in {list(attributes)}")
-
-
-def contrastive_loss(visual: Tensor, text: Tensor, logit_scale: Tensor, keys: Sequence[str]) -> Tensor:
-    """Symmetric InfoNCE (CLIP) with in-batch negatives and extra negative captions.
-
-    visual: B,D; text: T,D (T >= B, row i < B is visual i's caption, rows >= B are extra negatives);
-    keys: T text keys, equal keys are positives of each other (duplicates in a batch are not
-    negatives). Per row: -log(sum over positives of softmax) = logsumexp(all) - logsumexp(positives).
-    """
-    batch = visual.shape[0]
-    logits = logit_scale.exp() * F.normalize(visual, dim=-1) @ F.normalize(text, dim=-1).T  # B,T
-    same = torch.tensor([[a == b for b in keys] for a in keys[:batch]], device=visual.device)  # B,T
-    def nll(l: Tensor, pos: Tensor) -> Tensor:
-        return (l.logsumexp(-1) - l.masked_fill(~pos, float("-inf")).logsumexp(-1)).mean()
-    return (nll(logits, same) + nll(logits[:, :batch].T, same[:, :batch].T)) / 2
-
-
-@dataclass
-class TrainResult:
-    model: ToyDualEncoder
-    losses: list[float]
-    seconds: float
-    settings: dict
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps (independent of ``steps``, so a short re-run repeats the
-    first losses of a long one), then cosine decay to 0.1 at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def train_toy_reward(
-    kind: str, steps: int, seed: int = 0, *, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.01,
-    warmup: int = 20, noise: float = 0.03, log_every: int = 0,
-) -> TrainResult:
-    """Train a toy reward of ``kind`` for ``steps`` AdamW steps on training-split ToyWorld clips
-    (9 frames, 32x32; see the module doc). The image model sees one random frame of each clip.
-    ``noise``: each clip gets Gaussian pixel noise of a std drawn from U(0, noise), for robustness
-    to imperfect generated videos. Deterministic given the arguments (and the torch build and
-    thread count). Returns the trained model, the loss of every step, wall time and the settings."""
-    config = ToyRewardConfig.for_kind(kind)
-    specs = training_specs()
-    allowed = set(specs)
-    by_caption = {s.caption(): s for s in specs}
-    world = ToyWorld(num_frames=9, height=32, width=32, seed=seed, specs=specs)
-    generator = torch.Generator().manual_seed(stream_seed("toy-reward", kind, seed))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ToyDualEncoder(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    negative_attributes = ("colour", "shape") if kind == "image" else ATTRIBUTES
-    losses: list[float] = []
-    start = time.perf_counter()
-    for step in range(steps):
-        captions, clips, negatives = [], [], []
-        for j in range(batch_size):
-            caption, clip = world.sample(step * batch_size + j)
-            spec = by_caption[caption]
-            captions.append(caption)
-            clips.append(clip)
-            negatives.append(one_attribute_negative(spec, negative_attributes, allowed, generator).caption())
-        video = torch.stack(clips)  # B,9,3,32,32
-        if kind == "image":  # one random frame per clip
-            pick = torch.randint(video.shape[1], (batch_size,), generator=generator)
-            video = video[torch.arange(batch_size), pick][:, None]
-        sigma = noise * torch.rand(batch_size, 1, 1, 1, 1, generator=generator)
-        video = (video + sigma * torch.randn(video.shape, generator=generator)).clamp(0, 1)
-        texts = captions + negatives
-        for group in opt.param_groups:
-            group["lr"] = lr * _lr_factor(step, steps, warmup)
-        visual = model.encode_visual(video)
-        visual = visual[:, 0] if kind == "image" else visual
-        loss = contrastive_loss(visual, model.encode_text(texts), model.logit_scale, [model.text_key(t) for t in texts])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"[{kind}] step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    settings = {"kind": kind, "steps": steps, "seed": seed, "batch_size": batch_size, "lr": lr,
-                "weight_decay": weight_decay, "warmup": warmup, "noise": noise,
-                "num_frames": 9, "height": 32, "width": 32}
-    return TrainResult(model.eval(), losses, time.perf_counter() - start, settings)
-
-
-# --- evaluation -------------------------------------------------------------------------------------
-
-def ranking_accuracy(reward: ToyReward, attribute: str, specs: Sequence[SceneSpec] | None = None,
-                     clips_per_spec: int = 8, seed: int = 1, all_alternatives: bool = False) -> float:
-    """Share of clips whose true caption scores strictly above a caption with a wrong ``attribute``.
-
-    specs: one-object scenes to render (default: the held-out part of ``split_specs()``, never
-    trained on), ``clips_per_spec`` clips each from ``ToyWorld(seed=seed)``, 9 frames at 32x32. The
-    wrong caption is one random other value of the attribute, or with ``all_alternatives`` every
-    other value (the clip then counts only if the true caption beats them all).
-    """
-    if attribute not in ATTRIBUTES:
-        raise ValueError(f"attribute must be one of {ATTRIBUTES}, found {attribute!r}")
-    specs = list(split_specs()[1] if specs is None else specs)
-    generator = torch.Generator().manual_seed(stream_seed("toy-reward-eval", attribute, seed))
-    wins = total = 0
-    for k, spec in enumerate(specs):
-        world = ToyWorld(num_frames=9, height=32, width=32, seed=seed, specs=[spec])
-        video = torch.stack([world.sample(k * clips_per_spec + i)[1] for i in range(clips_per_spec)])
-        (obj,) = spec.objects
-        wrong = [v for v in _VALUES[attribute] if v != getattr(obj, attribute)]
-        if not all_alternatives:
-            wrong = [wrong[int(torch.randint(len(wrong), (), generator=generator))]]
-        candidates = [spec.caption()] + [_swap(obj, attribute, v).caption() for v in wrong]
-        with torch.no_grad():
-            scores = reward.score_candidates(video, candidates)  # clips_per_spec, 1 + len(wrong)
-        wins += int((scores[:, :1] > scores[:, 1:]).all(1).sum())
-        total += clips_per_spec
-    return wins / total
-
-
-# --- the recipe's command line ------------------------------------------------------------------
-
-def save_asset(model: ToyDualEncoder, folder: str | Path) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``folder`` atomically (whole folder replaced)."""
-    from safetensors.torch import save_file
-
-    from turbo.atomic import atomic_dir
-
-    folder = Path(folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    with atomic_dir(folder) as tmp:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(model.config.to_json())
-        # mkdtemp makes the folder private (0700): shipped files must be readable like the package
-        tmp.chmod(0o777 & ~umask)
-        for path in tmp.iterdir():
-            path.chmod(0o666 & ~umask)
-    return folder
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m rewards.toy", description="Train and ship a toy reward.")
-    parser.add_argument("--kind", choices=("image", "video"), required=True)
-    parser.add_argument("--steps", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="asset folder, e.g. turbo/toy/weights/reward_image_text; "
-                                                     "its parent's MANIFEST.json gets the entry")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25)
-    out = save_asset(result.model, args.out)
-    reward = (ToyImageText if args.kind == "image" else ToyVideoText)(result.model)
-    accuracy = {a: round(ranking_accuracy(reward, a), 4) for a in ATTRIBUTES}
-    tail = result.losses[-10:]
-    recipe = {
-        "command": f"python -m rewards.toy --kind {args.kind} --steps {args.steps} --seed {args.seed} "
-                   f"--out {args.out} --threads {args.threads}",
-        **result.settings, "threads": args.threads,
-        "final_loss": round(result.losses[-1], 6), "final_loss_mean10": round(sum(tail) / len(tail), 6),
-        "first_losses": [round(x, 6) for x in result.losses[:5]],
-        "train_seconds": round(result.seconds, 1), "torch": torch.__version__,
-        "heldout_ranking_accuracy": accuracy, "date": datetime.date.today().isoformat(),
-    }
-    assets.register(out.name, recipe, root=out.parent)
-    print(json.dumps(recipe, indent=2))
-    return recipe
-
-
-if __name__ == "__main__":
-    main()

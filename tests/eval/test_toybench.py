@@ -171,6 +171,26 @@ def test_wrong_colour_shape_or_motion_scores_lower_on_semantic(bench):
     assert results["shape"].scores["shape"] == 0.0 and results["motion"].scores["motion"] == 0.0
 
 
+@pytest.mark.parametrize("attribute", ["colour", "shape", "motion"])
+def test_real_heldout_videos_under_a_swapped_caption_score_near_zero_on_that_attribute(bench, attribute):
+    """Every held-out prompt's real clip, scored against its caption with one attribute swapped (to the
+    next value of that attribute): that attribute falls to ~0 while the true caption scores ~100."""
+    import dataclasses
+
+    values = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}[attribute]
+    real = bench.real_videos(videos_per_prompt=2, seed=3)
+    swapped = {}
+    for prompt, clips in real.items():
+        (obj,) = parse_caption(prompt).objects
+        other = values[(values.index(getattr(obj, attribute)) + 1) % len(values)]
+        swapped[type(parse_caption(prompt))((dataclasses.replace(obj, **{attribute: other}),)).caption()] = clips
+    truth, wrong = bench.evaluate(real), bench.evaluate(swapped)
+    assert truth.scores[attribute] >= 95 and wrong.scores[attribute] <= 5
+    untouched = [a for a in ("colour", "shape", "motion") if a != attribute]
+    if attribute != "colour":  # a wrong colour finds no object at all, so shape and motion fall with it
+        assert all(wrong.scores[a] >= 90 for a in untouched)
+
+
 def test_quality_dimensions_see_vanishing_objects_shuffled_frames_and_background_flicker():
     spec = parse_caption("a yellow square moving right")
     background = torch.tensor(BACKGROUND).view(3, 1, 1)

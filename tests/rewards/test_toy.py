@@ -7,16 +7,8 @@ import pytest
 import torch
 
 from rewards.base import RewardInputError
-from rewards.toy import (
-    ASSETS,
-    ToyImageText,
-    ToyRewardConfig,
-    ToyVideoText,
-    load_toy_reward,
-    ranking_accuracy,
-    resample_time,
-    train_toy_reward,
-)
+from rewards.toy import ASSETS, ToyImageText, ToyRewardConfig, ToyVideoText, load_toy_reward, resample_time
+from rewards.toy_train import ranking_accuracy, train_toy_reward
 from turbo.toy import assets
 from turbo.toy.assets import ChecksumError
 from turbo.toy.split import split_specs
@@ -161,7 +153,8 @@ def test_shipped_assets_are_small_and_say_how_they_were_made():
         assert set(files) == {"config.json", "model.safetensors"}
         assert sum((assets.WEIGHTS / name / f).stat().st_size for f in files) < MAX_ASSET_BYTES
         recipe = entries[name]["recipe"]
-        assert recipe["command"].startswith(f"python -m rewards.toy --kind {kind} ")
+        assert recipe["command"].startswith((f"python -m rewards.toy --kind {kind} ",
+                                             f"python -m rewards.toy_train --kind {kind} "))
         assert {"seed", "steps", "final_loss", "date", "first_losses"} <= set(recipe)
         assert ToyRewardConfig.from_json(assets.WEIGHTS / name / "config.json").kind == kind
 
@@ -180,11 +173,14 @@ def test_recipe_reproduces_its_first_losses_and_learns(kind, monkeypatch):
     import rewards.toy as toy
 
     recipe = assets.manifest()[ASSETS[kind]]["recipe"]
+    robust = {k: recipe[k] for k in ("robust", "negatives", "pool_size", "attack_steps", "attack_step_size", "pool_age")
+              if k in recipe}
     seen: list[str] = []
     real_tokenize = toy.tokenize
     monkeypatch.setattr(toy, "tokenize", lambda prompts, drop: (seen.extend(prompts), real_tokenize(prompts, drop))[1])
     result = train_toy_reward(kind, 30, recipe["seed"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                              weight_decay=recipe["weight_decay"], warmup=recipe["warmup"], noise=recipe["noise"])
+                              weight_decay=recipe["weight_decay"], warmup=recipe["warmup"], noise=recipe["noise"],
+                              **robust)
     # Recorded with 1 thread; other thread counts reorder float sums (seen: ~1e-6 relative).
     assert result.losses[:5] == pytest.approx(recipe["first_losses"], rel=1e-3)
     assert sum(result.losses[-5:]) / 5 < 0.75 * sum(result.losses[:5]) / 5
@@ -221,3 +217,50 @@ def test_score_candidates_equals_pairwise_scores(image_reward, video_reward):
         table = reward.score_candidates(video, candidates)
         pairwise = torch.stack([torch.cat([reward(v[None], [c]) for c in candidates]) for v in video])
         torch.testing.assert_close(table, pairwise, atol=1e-6, rtol=0)
+
+
+# (g): the robust recipe's negatives -----------------------------------------------------------------
+
+def test_simple_negatives_are_noise_blank_blur_or_partial_and_stay_in_range():
+    from rewards.toy_train import simple_negatives
+    from turbo.toy.world import BACKGROUND
+
+    _, real = clips(n=16)
+    neg = simple_negatives(real, torch.Generator().manual_seed(0), partial=True)
+    assert neg.shape == real.shape and neg.min() >= 0 and neg.max() <= 1
+    bg = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
+    # partial clips keep the real frames outside the erased run and erase it inside
+    partial = [i for i in range(16) if (neg[i] == real[i]).flatten(1).all(1).any() and not torch.equal(neg[i], real[i])]
+    assert partial
+    i = partial[0]
+    erased = ~(neg[i] == real[i]).flatten(1).all(1)
+    assert torch.allclose(neg[i][erased], bg.expand_as(neg[i][erased]))
+    assert not torch.equal(neg, real)
+
+
+def test_the_attack_pool_climbs_the_current_model_and_restarts_old_entries():
+    from rewards.toy import ToyDualEncoder
+    from rewards.toy_train import AttackPool
+
+    torch.manual_seed(0)
+    model = ToyDualEncoder(ToyRewardConfig.for_kind("video"))
+    pool = AttackPool(4, 9, 32, ["a red circle moving left"], torch.Generator().manual_seed(0), 0.02, age=2)
+
+    def score(video):
+        with torch.no_grad():
+            v = torch.nn.functional.normalize(model.encode_visual(video), dim=-1)
+            t = torch.nn.functional.normalize(model.encode_text(["a red circle moving left"] * len(video)), dim=-1)
+            return (v * t).sum(-1)
+    start = score(pool.videos.clone())
+    video, targets = pool.refine(model, 4, steps=5)
+    assert targets == ["a red circle moving left"] * 4 and (score(video) > start).all()
+    pool.refine(model, 4, steps=1)
+    assert (pool.age == 2).all()
+    pool.refine(model, 4, steps=1)  # age reached: restarted before refining
+    assert (pool.age == 1).all()
+
+
+def test_robust_training_runs_and_records_its_settings():
+    result = train_toy_reward("video", 3, 0, batch_size=8, robust=True, negatives=4, pool_size=8)
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.settings["robust"] and result.settings["pool_size"] == 8

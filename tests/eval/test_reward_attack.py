@@ -1,0 +1,35 @@
+"""eval.reward_attack: the reward-only attack raises the mixture's score, and is judged by ToyBench."""
+
+import pytest
+import torch
+
+from eval.reward_attack import attack, measure, mixture_score, table
+from eval.toybench import ToyBench
+from rewards.mixture import MixedReward, RewardTerm
+from rewards.toy import load_toy_reward
+from turbo.toy.world import BACKGROUND
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return MixedReward([RewardTerm("toy_image", load_toy_reward("image"), 1.0, 3),
+                        RewardTerm("toy_video", load_toy_reward("video"), 2.0, 9)])
+
+
+def test_the_attack_climbs_the_reward_from_a_blank_video(mixture):
+    prompts = ["a red circle moving left", "a blue square moving up"]
+    video = attack(mixture, prompts, 9, 32, 32, steps=20, lr=0.01)
+    blank = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1).expand_as(video).contiguous()
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    before, after = mixture_score(mixture, blank, prompts, gen())[0], mixture_score(mixture, video, prompts, gen())[0]
+    assert (after > before + 0.5).all() and video.min() >= 0 and video.max() <= 1
+
+
+def test_measure_reports_success_only_when_the_reward_is_fooled(mixture):
+    bench = ToyBench(num_prompts=2, num_frames=9, reference_per_prompt=2)
+    results = measure(mixture, bench, steps=30, real_per_caption=4)
+    for r in results:
+        assert r.success == (r.attacked >= r.real_median and r.toybench_semantic < 50)
+        assert r.attacked > r.blank
+    text = table(results, 30, 0.01)
+    assert "hacked (reached it while ToyBench Semantic < 50)" in text and text.count("\n| a ") == 2
