@@ -49,15 +49,20 @@ def guidance_features(w: Tensor, dim: int = 256) -> Tensor:
 
 
 class GuidanceEmbedding(nn.Module):
-    """The student's guidance-scale input: ``Linear(256 -> time_embed_dim, bias=False)`` on
-    ``guidance_features(w)``, added to the backbone's time embedding through a forward hook (so it
-    works for any family: Wan's ``condition_embedder.time_embedder``, UNet3D's ``time_embedding``).
-    Zero-initialised so that attaching it leaves the student equal to the teacher."""
+    """The student's guidance-scale input, placed as T2V-Turbo places it: ``Linear(256 -> d, bias=False)``
+    on ``guidance_features(w)``, added to the timestep's sinusoidal features *before* the time
+    embedder's MLP (``d`` is the MLP's input width). This is diffusers' own
+    ``TimestepEmbedding(cond_proj_dim=256)`` (``UNet3DConditionModel(time_cond_proj_dim=256)``:
+    ``sample + cond_proj(condition)`` then ``linear_1``), applied through a forward pre-hook on the
+    family's time embedder so it works for any family (Wan's ``condition_embedder.time_embedder``,
+    UNet3D's ``time_embedding``, SD3 / HunyuanVideo's ``time_text_embed.timestep_embedder``), and
+    through the MLP its effect depends on t. Zero-initialised: attaching it leaves the student
+    equal to the teacher."""
 
-    def __init__(self, time_embed_dim: int, dim: int = 256):
+    def __init__(self, time_features_dim: int, dim: int = 256):
         super().__init__()
         self.dim = dim
-        self.linear = nn.Linear(dim, time_embed_dim, bias=False)
+        self.linear = nn.Linear(dim, time_features_dim, bias=False)
         nn.init.zeros_(self.linear.weight)
 
     def forward(self, w: Tensor) -> Tensor:
@@ -112,7 +117,7 @@ class Denoiser(nn.Module):
         # PeftAdapterMixin, e.g. UNet3DConditionModel, so we keep it the same way ourselves)
         self.backbone.peft_config = {**(getattr(self.backbone, "peft_config", None) or {}), name: config}
         if guidance_embedding:
-            self.guidance_embeddings[name] = GuidanceEmbedding(self._time_embed_dim())
+            self.guidance_embeddings[name] = GuidanceEmbedding(self._time_features_dim())
             self._install_hook()
         self._layers_cache = None  # new LoRA layers may have been injected
         self._set_active(None)  # adding an adapter activates it in peft; the default role is the teacher
@@ -187,21 +192,33 @@ class Denoiser(nn.Module):
             raise ValueError(f"model.time_embedding_module={self.time_embedding_module!r} is not a "
                              f"module of {type(self.backbone).__name__}") from e
 
-    def _time_embed_dim(self) -> int:
-        linears = [m for m in self._time_embed_module().modules() if isinstance(m, nn.Linear)]
-        return linears[-1].out_features
+    def _time_features_dim(self) -> int:
+        """The width of the sinusoidal timestep features the time embedder's MLP reads."""
+        module = self._time_embed_module()
+        first = getattr(module, "linear_1", None)  # diffusers' TimestepEmbedding
+        if not isinstance(first, nn.Linear):
+            first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
+        if first is None:
+            raise ValueError(f"model.time_embedding_module={self.time_embedding_module!r} has no Linear layer "
+                             f"to read the guidance embedding")
+        return first.in_features
 
     def _install_hook(self) -> None:
         if self._hook is None:
-            self._hook = self._time_embed_module().register_forward_hook(self._add_guidance)
+            self._hook = self._time_embed_module().register_forward_pre_hook(self._add_guidance, with_kwargs=True)
 
-    def _add_guidance(self, module: nn.Module, args, output: Tensor) -> Tensor | None:
+    def _add_guidance(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Add the active role's w embedding to the time embedder's input features (before its MLP)."""
         if self._active_guidance is None or self._guidance is None:
             return None
+        sample = args[0] if args else kwargs["sample"]
         w = self._guidance
-        if output.shape[0] != w.shape[0]:  # image families fold frames into the batch: B*F rows, w has B
-            w = w.repeat_interleave(output.shape[0] // w.shape[0])
-        return output + self._active_guidance(w).to(output.dtype)
+        if sample.shape[0] != w.shape[0]:  # image families fold frames into the batch: B*F rows, w has B
+            w = w.repeat_interleave(sample.shape[0] // w.shape[0])
+        sample = sample + self._active_guidance(w.to(sample.device)).to(sample.dtype)
+        if args:
+            return (sample, *args[1:]), kwargs
+        return args, {**kwargs, "sample": sample}
 
     # --- forward -----------------------------------------------------------------------------
     def raw(self, x_t: Tensor, t: Tensor, cond: TextCond) -> Tensor:

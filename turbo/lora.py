@@ -93,4 +93,24 @@ def load_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> None:
     if adapter in denoiser.guidance_embeddings:
         if not (folder / GUIDANCE).is_file():
             raise FileNotFoundError(f"{folder}: adapter {adapter!r} has a guidance embedding but {GUIDANCE} is missing")
-        denoiser.guidance_embeddings[adapter].load_state_dict(load_file(folder / GUIDANCE))
+        load_guidance_state(denoiser.guidance_embeddings[adapter], load_file(folder / GUIDANCE), folder / GUIDANCE)
+
+
+# Where other code bases keep the same weight: diffusers' TimestepEmbedding(cond_proj_dim=256), i.e.
+# T2V-Turbo (MS) checkpoints' ``time_embedding.cond_proj.weight`` (turbo.denoiser.GuidanceEmbedding).
+GUIDANCE_ALIASES = ("linear.weight", "cond_proj.weight")
+
+
+def load_guidance_state(embedding, state: dict, path) -> None:
+    """Load a guidance embedding's weight from our file (``linear.weight``) or from a state dict that
+    holds diffusers' ``...cond_proj.weight`` (one key); a wrong shape is one line naming ``path``."""
+    keys = [k for k in state if k.endswith(GUIDANCE_ALIASES)]
+    if len(keys) != 1:
+        raise ValueError(f"{path}: expected one guidance weight ({' or '.join(GUIDANCE_ALIASES)}), found keys {sorted(state)[:5]}")
+    weight = state[keys[0]]
+    if weight.shape != embedding.linear.weight.shape:
+        raise ValueError(f"{path}: guidance weight {keys[0]} is {tuple(weight.shape)}, this model needs "
+                         f"{tuple(embedding.linear.weight.shape)} (timestep features x 256; the w embedding enters "
+                         f"before the time MLP since 2026-12)")
+    with torch.no_grad():
+        embedding.linear.weight.copy_(weight)

@@ -121,6 +121,52 @@ def test_guidance_embedding_starts_at_zero_and_conditions_on_w():
     assert f.shape == (1, 256) and torch.equal(f[0, :128], torch.zeros(128)) and torch.equal(f[0, 128:], torch.ones(128))
 
 
+def test_the_w_embedding_enters_before_the_time_mlp_so_its_effect_depends_on_t():
+    """T2V-Turbo adds the w embedding to the timestep's sinusoidal features (diffusers'
+    TimestepEmbedding(cond_proj_dim=256)); added after the MLP, its shift would be the same at every t."""
+    d = _wan(guidance=True)
+    embedder = d.backbone.condition_embedder.time_embedder
+    g = d.guidance_embeddings["student"]
+    assert g.linear.weight.shape == (embedder.linear_1.in_features, 256)  # the MLP's input width
+    _perturb(g.parameters())
+    seen = {}
+    embedder.register_forward_hook(lambda m, a, out: seen.setdefault(len(seen), out.detach().clone()))
+    x, _, cond, _ = _inputs(b=1)
+    w = torch.tensor([4.0])
+    for t in (100, 900):
+        d(x, torch.tensor([t]), cond, role="teacher")
+        d(x, torch.tensor([t]), cond, role="student", guidance=w)
+    shift_100, shift_900 = seen[1] - seen[0], seen[3] - seen[2]
+    assert shift_100.abs().max() > 1e-4 and not torch.allclose(shift_100, shift_900, atol=1e-6)
+
+
+def test_unet3d_w_embedding_is_diffusers_time_cond_proj():
+    """Our student's w embedding on a UNet3D computes what diffusers' own
+    UNet3DConditionModel(time_cond_proj_dim=256) computes with the same cond_proj weight, and a
+    T2V-Turbo (MS) state dict key ``time_embedding.cond_proj.weight`` loads into it."""
+    from diffusers import UNet3DConditionModel
+
+    from turbo.lora import load_guidance_state
+
+    d = Denoiser(tiny_unet3d(seed=0), VPSchedule(), "unet3d", "time_embedding")
+    d.add_adapter("student", 4, 4, ["to_q", "to_k", "to_v", "to_out.0"], guidance_embedding=True)
+    native = UNet3DConditionModel.from_config(d.backbone.config, time_cond_proj_dim=256)
+    missing = native.load_state_dict({k.replace(".base_layer", ""): v for k, v in d.backbone.state_dict().items()
+                                      if "lora_" not in k}, strict=False).missing_keys
+    assert missing == ["time_embedding.cond_proj.weight"]
+    cond_proj = torch.randn(native.time_embedding.cond_proj.weight.shape, generator=torch.Generator().manual_seed(3))
+    load_guidance_state(d.guidance_embeddings["student"], {"time_embedding.cond_proj.weight": cond_proj}, "t2v_turbo.pt")
+    with torch.no_grad():
+        native.time_embedding.cond_proj.weight.copy_(cond_proj)
+    x, t, cond, _ = _inputs(shape=(4, 2, 8, 8))
+    w = torch.tensor([3.0, 7.0])
+    ours = d(x, t, cond, role="student", guidance=w).out
+    theirs = native(sample=x, timestep=t, encoder_hidden_states=cond.embeds, timestep_cond=guidance_features(w),
+                    return_dict=False)[0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ours, d(x, t, cond).out, atol=1e-4)  # the embedding does something
+
+
 def test_unet3d_family_with_vp_schedule():
     d = Denoiser(tiny_unet3d(seed=0), VPSchedule(), "unet3d", "time_embedding")
     d.add_adapter("student", 4, 4, ["to_q", "to_k", "to_v", "to_out.0"], guidance_embedding=True)
