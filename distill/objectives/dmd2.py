@@ -36,11 +36,19 @@ from turbo.text import TextCond
 
 
 def dm_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
-    """DMD's normalised distribution-matching direction (computed in float64 as the reference does)."""
-    p_real = (x - x0_real).double()
-    p_fake = (x - x0_fake).double()
+    """DMD's normalised distribution-matching direction, in float64 as the reference does (give it
+    float64 x0s, see ``x0_float64``); returned in x's dtype."""
+    p_real = x.double() - x0_real.double()
+    p_fake = x.double() - x0_fake.double()
     norm = p_real.abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)
     return torch.nan_to_num((p_real - p_fake) / norm).to(x.dtype)
+
+
+def x0_float64(schedule, pred: Pred, x_t: Tensor, t: Tensor) -> Tensor:
+    """x0 from a prediction's raw output with the conversion itself in float64 (DMD2's
+    ``get_x0_from_noise`` on ``.double()`` inputs): near t = T the 1 / alpha of an eps-prediction
+    model amplifies float32 rounding, and the two scores' x0s are subtracted right after."""
+    return schedule.to_x0(pred.out.double(), x_t.double(), t)
 
 
 def dm_loss(x: Tensor, grad: Tensor) -> Tensor:
@@ -98,7 +106,8 @@ class DMD2:
         if not 0.0 <= min_step_percent < max_step_percent <= 1.0:
             raise ValueError(f"objective.min_step_percent / max_step_percent must satisfy 0 <= min < max <= 1, "
                              f"found {min_step_percent} / {max_step_percent}")
-        self.t_lo, self.t_hi = int(min_step_percent * T), max(int(max_step_percent * T), int(min_step_percent * T) + 1)
+        # the reference draws randint(min_step, max_step + 1): the closed range {int(0.02 T) .. int(0.98 T)}
+        self.t_lo, self.t_hi = int(min_step_percent * T), min(T, max(int(max_step_percent * T), int(min_step_percent * T)) + 1)
         if dfake_gen_update_ratio < 1:
             raise ValueError(f"objective.dfake_gen_update_ratio must be >= 1, found {dfake_gen_update_ratio}")
         self.ratio = int(dfake_gen_update_ratio)
@@ -196,7 +205,8 @@ class DMD2:
         t = schedule.sample_t(len(batch), self.t_lo, self.t_hi, generator=generator, device=x.device)
         x_t = schedule.add_noise(x, noise_like(x, generator), t)
         with torch.no_grad():
-            grad = dm_gradient(x, self.real_score(x_t, t, batch).x0, self.fake_score(x_t, t, batch).x0)
+            grad = dm_gradient(x, x0_float64(schedule, self.real_score(x_t, t, batch), x_t, t),
+                               x0_float64(schedule, self.fake_score(x_t, t, batch), x_t, t))
         terms = {"dm": dm_loss(x, grad)}
         if self.gan:
             logits = self.discriminate(x, batch, generator)

@@ -63,13 +63,15 @@ def test_generator_loss_gradient_through_the_objective(monkeypatch):
     monkeypatch.setattr(obj, "generate", lambda batch, gen: (x, 999))
     seen = {}
     real_score, fake_score = obj.real_score, obj.fake_score
-    monkeypatch.setattr(obj, "real_score", lambda *a: seen.setdefault("real", real_score(*a)))
-    monkeypatch.setattr(obj, "fake_score", lambda *a: seen.setdefault("fake", fake_score(*a)))
+    monkeypatch.setattr(obj, "real_score", lambda *a: seen.setdefault("real", (a, real_score(*a)))[1])
+    monkeypatch.setattr(obj, "fake_score", lambda *a: seen.setdefault("fake", (a, fake_score(*a)))[1])
     loss = obj.generator_loss(batch, 0, torch.Generator().manual_seed(0)).terms["dm"]
     (grad,) = torch.autograd.grad(loss, x)
-    r, f = seen["real"].x0, seen["fake"].x0
-    expected = (f - r) / (x.detach() - r).abs().mean(dim=(1, 2, 3, 4), keepdim=True) / x.numel()
-    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-10)
+    # both scores' raw outputs converted to x0 in float64, as the reference does
+    (x_t, t, _), real = seen["real"]
+    r, f = (d.schedule.to_x0(p.out.double(), x_t.double(), t) for p in (real, seen["fake"][1]))
+    expected = (f - r) / (x.detach().double() - r).abs().mean(dim=(1, 2, 3, 4), keepdim=True) / x.numel()
+    torch.testing.assert_close(grad, expected.float(), rtol=1e-4, atol=1e-10)
     assert grad.abs().sum() > 0
 
 
@@ -201,3 +203,40 @@ def test_bad_config_fails_at_start_up_naming_the_key():
     d, _ = _denoiser()
     with pytest.raises(ValueError, match="objective.gan"):
         DMD2(d, gan={"enabled": True, "feature_module": "no.such.block"})
+
+
+def test_generator_timesteps_are_the_closed_range_of_the_reference():
+    """DMD2 draws randint(int(0.02 T), int(0.98 T) + 1): 20 and 980 are both reachable."""
+    from turbo.denoiser import Denoiser
+    from turbo.models import tiny_wan
+    from turbo.schedule import FlowSchedule
+
+    d = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan")
+    d.add_adapter("student", 4, 4, ["to_q", "to_k", "to_v", "to_out.0"])
+    objective = DMD2(d)
+    t = d.schedule.sample_t(20000, objective.t_lo, objective.t_hi, generator=torch.Generator().manual_seed(0))
+    assert (objective.t_lo, objective.t_hi) == (20, 981) and int(t.min()) == 20 and int(t.max()) == 980
+
+
+def test_dm_direction_converts_both_scores_to_x0_in_float64():
+    """Near t = T an eps-prediction x0 = (x_t - s eps) / a divides by a small a, and a critic close to
+    the teacher makes the two x0s nearly equal: converting each in float32 before the difference costs
+    far more than float32 rounding of the direction itself; the reference converts in float64."""
+    from turbo.denoiser import Pred
+    from turbo.schedule import VPSchedule
+    from distill.objectives.dmd2 import dm_gradient, x0_float64
+
+    schedule = VPSchedule()
+    g = torch.Generator().manual_seed(0)
+    x, x_t = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 4, 3, 8, 8, generator=g)
+    out_real = torch.randn(x.shape, generator=g)
+    out_fake = out_real + 1e-3 * torch.randn(x.shape, generator=g)  # a critic that nearly matches the teacher
+    t = torch.tensor([990, 999])
+    a, s = schedule.alpha_sigma(t, x_t.double())
+    x0r, x0f = (x_t.double() - s * out_real.double()) / a, (x_t.double() - s * out_fake.double()) / a
+    exact = ((x.double() - x0r) - (x.double() - x0f)) / (x.double() - x0r).abs().mean((1, 2, 3, 4), keepdim=True)
+    ours = dm_gradient(x, x0_float64(schedule, Pred(out_real, out_real, out_real), x_t, t),
+                       x0_float64(schedule, Pred(out_fake, out_fake, out_fake), x_t, t))
+    in_float32 = dm_gradient(x, schedule.to_x0(out_real, x_t, t), schedule.to_x0(out_fake, x_t, t))
+    err = lambda y: float(((y.double() - exact).abs().max() / exact.abs().max()))  # noqa: E731
+    assert err(ours) < 1e-7 and 10 * err(ours) < err(in_float32)
