@@ -111,6 +111,10 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                          guidance_embedding=cfg.student.guidance_embedding)
     denoiser.to(device)
     objective = build(cfg.objective, "objective", denoiser=denoiser)
+    terms = [k for k in cfg.reward if not str(k).startswith("_")]
+    if terms and not getattr(objective, "feeds_rewards", True):
+        raise ConfigError(f"reward: objective={objective.name} makes no student prediction for reward feedback to "
+                          f"score, so reward terms {terms} would do nothing; use reward=none")
     feedback = RewardFeedback(build(cfg.reward, "reward").to(device), vae)
 
     dataset = build(cfg.data, "data")

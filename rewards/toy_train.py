@@ -329,19 +329,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--robust", action="store_true", help="train on negatives too (module doc)")
+    parser.add_argument("--pool-age", type=int, default=40, help="with --robust: refinements before an attack restarts")
     parser.add_argument("--out", required=True, help="asset folder, e.g. turbo/toy/weights/reward_image_text; "
                                                      "its parent's MANIFEST.json gets the entry")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust)
+    result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust, pool_age=args.pool_age)
     out = save_asset(result.model, args.out)
     reward = (ToyImageText if args.kind == "image" else ToyVideoText)(result.model)
     accuracy = {a: round(ranking_accuracy(reward, a), 4) for a in ATTRIBUTES}
     tail = result.losses[-10:]
     recipe = {
         "command": f"python -m rewards.toy_train --kind {args.kind} --steps {args.steps} --seed {args.seed}"
-                   f"{' --robust' if args.robust else ''} --out {args.out} --threads {args.threads}",
+                   f"{f' --robust --pool-age {args.pool_age}' if args.robust else ''} --out {args.out} "
+                   f"--threads {args.threads}",
         **result.settings, "threads": args.threads,
         "final_loss": round(result.losses[-1], 6), "final_loss_mean10": round(sum(tail) / len(tail), 6),
         "first_losses": [round(x, 6) for x in result.losses[:5]],

@@ -6,6 +6,8 @@ The training loop knows nothing objective-specific. An objective declares
   the settings in ``optim[group]`` (``objective.optim.<group>.{lr, betas, weight_decay, grad_clip}``);
 - ``updates(step)``: which groups step at ``step``, in order (two time-scale rules live here);
 - ``needs_videos``: whether its losses read real latents (the loop refuses prompt-only data then);
+- ``feeds_rewards`` (default True): whether its generator loss returns the student's single-step
+  prediction ``x0`` for reward feedback (a reward configured for one that does not is an error);
 - ``generator_loss`` / ``critic_loss``: the losses of those groups; ``sample``: its student sampler;
 
 and the loop follows. Adding an objective is one file here plus one ``conf/objective/*.yaml``.

@@ -50,6 +50,7 @@ def clean_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
 class Diffusion:
     name = "diffusion"
     needs_videos = True
+    feeds_rewards = False  # plain denoising: no single-step student prediction for a reward to score
 
     def __init__(self, denoiser: Denoiser, train: str = "base", cond_dropout: float = 0.1,
                  optim: dict | None = None, student: str = "student", ema: float = 0.0):

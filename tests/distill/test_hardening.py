@@ -275,3 +275,8 @@ def test_cli_config_errors_print_one_line(tmp_path):
     assert out.returncode == 1
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith("turbo-train: error: train.lr: unknown key"), out.stderr
+
+
+def test_a_reward_for_an_objective_that_cannot_use_it_is_an_error_naming_both(tmp_path):
+    with pytest.raises(ConfigError, match=r"objective=diffusion makes no student prediction .* reward terms \['clip'\]"):
+        setup(cfg_for("objective=diffusion"), tmp_path / "run")

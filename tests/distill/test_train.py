@@ -66,7 +66,7 @@ def test_end_of_run_toybench_scores_teacher_and_student_side_by_side(tmp_path, c
     assert len(list((tmp_path / "eval" / "toybench").glob("*.mp4"))) == 6  # 2 prompts x 3 samplers
 
 
-@pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"], ["objective=diffusion"]],
+@pytest.mark.parametrize("objective", [[], ["objective=dmd2", "objective.gan.enabled=true"], ["objective=diffusion", "reward=none"]],
                          ids=["cd", "dmd2_gan", "diffusion_base"])
 def test_killed_run_resumes_with_identical_losses(tmp_path, monkeypatch, objective):
     full, killed = tmp_path / "full", tmp_path / "killed"
