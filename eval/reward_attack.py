@@ -11,6 +11,7 @@ that does not show the thing. A reward that resists hacking has no successes.
 
     python -m eval.reward_attack                    # the shipped toy rewards (reward=toy), 24 captions
     python -m eval.reward_attack --captions 8 --steps 100 --out attack.md
+    python -m eval.reward_attack --ranking           # and each reward's ranking accuracy on real / teacher videos
 """
 
 from __future__ import annotations
@@ -106,6 +107,36 @@ def table(results: list[AttackResult], steps: int, lr: float) -> str:
     return "\n".join(lines)
 
 
+def ranking(reward: MixedReward, teacher_videos: dict[str, torch.Tensor]) -> str:
+    """Held-out ranking accuracy (true caption against one attribute changed) of each term's model,
+    on real clips and on ``teacher_videos`` (caption -> N,F,3,H,W samples of a teacher)."""
+    from rewards.toy import ATTRIBUTES
+    from rewards.toy_train import ranking_accuracy
+
+    lines = ["| reward | videos | " + " | ".join(ATTRIBUTES) + " |", "|---|---|" + "---|" * len(ATTRIBUTES)]
+    for term in reward.terms:
+        for name, videos in (("real held-out clips", None), ("teacher samples", teacher_videos)):
+            accuracy = [ranking_accuracy(term.model, a, videos=videos) for a in ATTRIBUTES]
+            lines.append(f"| {term.name} | {name} | " + " | ".join(f"{a:.3f}" for a in accuracy) + " |")
+    return "\n".join(lines)
+
+
+def teacher_samples(bench: ToyBench, model: str = "toy_t2v", steps: int = 50, guidance: float = 3.0,
+                    seeds: int = 2) -> dict[str, torch.Tensor]:
+    """``seeds`` videos per held-out caption from a shipped toy teacher (its CFG sampler)."""
+    from hydra import compose, initialize_config_module
+
+    from turbo.pipeline import Sampler, load_stage
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        node = compose("train", overrides=[f"model={model}"]).model
+    stage = load_stage(node, Sampler("teacher", steps=steps, guidance_scale=guidance), torch.device("cpu"))
+    w = bench.world
+    batches = [stage.video(list(bench.prompts), w.num_frames, w.height, w.width, torch.Generator().manual_seed(s))
+               for s in range(seeds)]
+    return {p: torch.stack([b[i] for b in batches]) for i, p in enumerate(bench.prompts)}
+
+
 def main(argv: list[str] | None = None) -> str:
     from hydra import compose, initialize_config_module
 
@@ -117,6 +148,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ranking", action="store_true",
+                        help="also: each reward's held-out ranking accuracy on real clips and on the toy T2V teacher's samples")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     with initialize_config_module(config_module="conf", version_base="1.3"):
@@ -125,6 +158,9 @@ def main(argv: list[str] | None = None) -> str:
     bench = ToyBench(num_prompts=args.captions, num_frames=cfg.video.num_frames, height=cfg.video.height,
                      width=cfg.video.width)
     text = table(measure(reward, bench, steps=args.steps, lr=args.lr, seed=args.seed), args.steps, args.lr)
+    if args.ranking:
+        text += "\n\nRanking accuracy, true caption against one attribute changed (held-out captions):\n\n"
+        text += ranking(reward, teacher_samples(bench))
     print(text)
     if args.out:
         from turbo.atomic import atomic_write_text

@@ -279,22 +279,31 @@ def train_toy_reward(
 # --- evaluation -------------------------------------------------------------------------------------
 
 def ranking_accuracy(reward: ToyReward, attribute: str, specs: Sequence[SceneSpec] | None = None,
-                     clips_per_spec: int = 8, seed: int = 1, all_alternatives: bool = False) -> float:
+                     clips_per_spec: int = 8, seed: int = 1, all_alternatives: bool = False,
+                     videos: dict[str, Tensor] | None = None) -> float:
     """Share of clips whose true caption scores strictly above a caption with a wrong ``attribute``.
 
     specs: one-object scenes to render (default: the held-out part of ``split_specs()``, never
     trained on), ``clips_per_spec`` clips each from ``ToyWorld(seed=seed)``, 9 frames at 32x32. The
     wrong caption is one random other value of the attribute, or with ``all_alternatives`` every
-    other value (the clip then counts only if the true caption beats them all).
+    other value (the clip then counts only if the true caption beats them all). ``videos``:
+    caption -> N,F,3,H,W clips to rank instead of rendered ones (e.g. a teacher's samples).
     """
     if attribute not in ATTRIBUTES:
         raise ValueError(f"attribute must be one of {ATTRIBUTES}, found {attribute!r}")
+    if videos is not None:
+        from turbo.toy.world import parse_caption
+
+        specs = [parse_caption(c) for c in videos]
     specs = list(split_specs()[1] if specs is None else specs)
     generator = torch.Generator().manual_seed(stream_seed("toy-reward-eval", attribute, seed))
     wins = total = 0
     for k, spec in enumerate(specs):
-        world = ToyWorld(num_frames=9, height=32, width=32, seed=seed, specs=[spec])
-        video = torch.stack([world.sample(k * clips_per_spec + i)[1] for i in range(clips_per_spec)])
+        if videos is not None:
+            video = videos[spec.caption()]
+        else:
+            world = ToyWorld(num_frames=9, height=32, width=32, seed=seed, specs=[spec])
+            video = torch.stack([world.sample(k * clips_per_spec + i)[1] for i in range(clips_per_spec)])
         (obj,) = spec.objects
         wrong = [v for v in VALUES[attribute] if v != getattr(obj, attribute)]
         if not all_alternatives:
@@ -303,7 +312,7 @@ def ranking_accuracy(reward: ToyReward, attribute: str, specs: Sequence[SceneSpe
         with torch.no_grad():
             scores = reward.score_candidates(video, candidates)  # clips_per_spec, 1 + len(wrong)
         wins += int((scores[:, :1] > scores[:, 1:]).all(1).sum())
-        total += clips_per_spec
+        total += len(video)
     return wins / total
 
 

@@ -33,3 +33,15 @@ def test_measure_reports_success_only_when_the_reward_is_fooled(mixture):
         assert r.attacked > r.blank
     text = table(results, 30, 0.01)
     assert "hacked (reached it while ToyBench Semantic < 50)" in text and text.count("\n| a ") == 2
+
+
+def test_ranking_reports_each_term_on_real_and_on_given_videos(mixture):
+    from eval.reward_attack import ranking
+
+    bench = ToyBench(num_prompts=2, num_frames=9)
+    real = {p: torch.stack(v) for p, v in bench.real_videos(videos_per_prompt=2, seed=5).items()}
+    text = ranking(mixture, real)
+    rows = [line for line in text.splitlines() if line.startswith("| toy_")]
+    assert len(rows) == 4 and "| toy_video | teacher samples |" in text
+    video_on_given = [float(x) for x in rows[3].split("|")[3:6]]
+    assert video_on_given[0] == 1.0  # real clips passed as "teacher samples": colour ranks perfectly
