@@ -204,12 +204,15 @@ def train_toy_reward(
     kind: str, steps: int, seed: int = 0, *, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.01,
     warmup: int = 20, noise: float = 0.03, log_every: int = 0, robust: bool = False, negatives: int = 16,
     pool_size: int = 256, attack_steps: int = 3, attack_step_size: float = 0.02, pool_age: int = 40,
+    hinge: float = 0.0,
 ) -> TrainResult:
     """Train a toy reward of ``kind`` for ``steps`` AdamW steps on training-split ToyWorld clips
     (9 frames, 32x32; see the module doc). The image model sees one random frame of each clip.
     ``noise``: each clip gets Gaussian pixel noise of a std drawn from U(0, noise), for robustness
     to imperfect generated videos. ``robust``: also train on negatives (module doc): ``negatives``
-    simple ones and ``negatives`` from the attack pool per step. Deterministic given the arguments
+    simple ones and ``negatives`` from the attack pool per step; ``hinge`` weighs an extra
+    ``relu(cos(negative, its caption))`` term, which bounds the score a negative gets in absolute
+    terms (the softmax over [captions, none] only ranks it). Deterministic given the arguments
     (and the torch build and thread count). Returns the trained model, the loss of every step,
     wall time and the settings."""
     config = ToyRewardConfig.for_kind(kind)
@@ -256,8 +259,11 @@ def train_toy_reward(
             bad = torch.cat([simple, attacked])
             bad_visual = model.encode_visual(bad)
             bad_visual = bad_visual[:, 0] if kind == "image" else bad_visual
-            loss = loss + none_loss(bad_visual, model.encode_text(captions[:negatives] + targets), none,
-                                    model.logit_scale)
+            bad_text = model.encode_text(captions[:negatives] + targets)
+            loss = loss + none_loss(bad_visual, bad_text, none, model.logit_scale)
+            if hinge:
+                cos = (F.normalize(bad_visual, dim=-1) * F.normalize(bad_text, dim=-1)).sum(-1)
+                loss = loss + hinge * F.relu(cos).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -272,7 +278,7 @@ def train_toy_reward(
                 "num_frames": 9, "height": 32, "width": 32, "robust": robust}
     if robust:
         settings.update(negatives=negatives, pool_size=pool_size, attack_steps=attack_steps,
-                        attack_step_size=attack_step_size, pool_age=pool_age)
+                        attack_step_size=attack_step_size, pool_age=pool_age, hinge=hinge)
     return TrainResult(model.eval(), losses, time.perf_counter() - start, settings)
 
 
@@ -339,19 +345,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--robust", action="store_true", help="train on negatives too (module doc)")
     parser.add_argument("--pool-age", type=int, default=40, help="with --robust: refinements before an attack restarts")
+    parser.add_argument("--negatives", type=int, default=16, help="with --robust: simple and attacked negatives per step")
+    parser.add_argument("--hinge", type=float, default=0.0, help="with --robust: weight of relu(cos(negative, caption))")
     parser.add_argument("--out", required=True, help="asset folder, e.g. turbo/toy/weights/reward_image_text; "
                                                      "its parent's MANIFEST.json gets the entry")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust, pool_age=args.pool_age)
+    result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust, pool_age=args.pool_age,
+                              negatives=args.negatives, hinge=args.hinge)
     out = save_asset(result.model, args.out)
     reward = (ToyImageText if args.kind == "image" else ToyVideoText)(result.model)
     accuracy = {a: round(ranking_accuracy(reward, a), 4) for a in ATTRIBUTES}
     tail = result.losses[-10:]
     recipe = {
         "command": f"python -m rewards.toy_train --kind {args.kind} --steps {args.steps} --seed {args.seed}"
-                   f"{f' --robust --pool-age {args.pool_age}' if args.robust else ''} --out {args.out} "
+                   f"{f' --robust --pool-age {args.pool_age} --negatives {args.negatives} --hinge {args.hinge}' if args.robust else ''}"
+                   f" --out {args.out} "
                    f"--threads {args.threads}",
         **result.settings, "threads": args.threads,
         "final_loss": round(result.losses[-1], 6), "final_loss_mean10": round(sum(tail) / len(tail), 6),

@@ -173,8 +173,8 @@ def test_recipe_reproduces_its_first_losses_and_learns(kind, monkeypatch):
     import rewards.toy as toy
 
     recipe = assets.manifest()[ASSETS[kind]]["recipe"]
-    robust = {k: recipe[k] for k in ("robust", "negatives", "pool_size", "attack_steps", "attack_step_size", "pool_age")
-              if k in recipe}
+    robust = {k: recipe[k] for k in ("robust", "negatives", "pool_size", "attack_steps", "attack_step_size", "pool_age",
+                                     "hinge") if k in recipe}
     seen: list[str] = []
     real_tokenize = toy.tokenize
     monkeypatch.setattr(toy, "tokenize", lambda prompts, drop: (seen.extend(prompts), real_tokenize(prompts, drop))[1])
