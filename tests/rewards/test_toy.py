@@ -92,19 +92,20 @@ def test_gradients_reach_the_video_at_any_size(image_reward, video_reward, shape
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
-def test_pixel_gradient_ascent_moves_towards_the_target_caption(kind, image_reward, video_reward):
+def test_pixel_gradients_point_uphill_towards_the_target_caption(kind, image_reward, video_reward):
+    """Gradients reach the pixels and a small step along them raises the target caption's score
+    (first order). The rewards are trained to resist large pixel attacks (rewards/toy_train.py), so a
+    many-step ascent is measured by eval.reward_attack, not asserted here."""
     reward = image_reward if kind == "image" else video_reward
-    captions, video = clips(n=2)  # held-out spec 0: a magenta triangle moving left
+    _, video = clips(n=2)  # held-out spec 0: a magenta triangle moving left
     target = ["a green triangle moving left"] * 2 if kind == "image" else ["a magenta triangle moving right"] * 2
     x = video.clone().requires_grad_(True)
-    start_target, start_true = reward(x, target).detach(), reward(x, captions).detach()
-    for _ in range(10):
-        (grad,) = torch.autograd.grad(reward(x, target).sum(), x)
-        with torch.no_grad():
-            x += 0.01 * grad.sign()
-            x.clamp_(0, 1)
-    assert (reward(x, target) > start_target + 0.1).all()
-    assert (reward(x, captions) < start_true).all()
+    (grad,) = torch.autograd.grad(reward(x, target).sum(), x)
+    assert grad.abs().sum() > 0
+    step = 1e-2 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1, 1)
+    with torch.no_grad():
+        assert (reward(x + step, target) > reward(x, target)).all()
+        assert (reward(x - step, target) < reward(x, target)).all()
 
 
 def test_resample_time_interpolates_linearly_between_first_and_last_frame():
