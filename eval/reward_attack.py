@@ -161,12 +161,9 @@ def main(argv: list[str] | None = None) -> str:
     if args.ranking:
         text += "\n\nRanking accuracy, true caption against one attribute changed (held-out captions):\n\n"
         text += ranking(reward, teacher_samples(bench))
-    print(text)
-    if args.out:
-        from turbo.atomic import atomic_write_text
+    from eval.toy_teachers import emit
 
-        atomic_write_text(args.out, text + "\n")
-    return text
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> str:
     image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)":
                                          lambda prompts, seed: t2i.video(prompts, 1, 32, 32,
                                                                          torch.Generator().manual_seed(seed))})
-    text = compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1)
+    return emit(compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1), args.out)
+
+
+def emit(text: str, out: str | None) -> str:
+    """Print a command's markdown result and, with ``--out``, also write it there (atomically)."""
     print(text)
-    if args.out:
+    if out:
         from turbo.atomic import atomic_write_text
 
-        atomic_write_text(args.out, text + "\n")
+        atomic_write_text(out, text + "\n")
     return text
 
 
