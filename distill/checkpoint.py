@@ -32,11 +32,11 @@ from turbo.atomic import atomic_dir, atomic_write_text
 from turbo.config import ConfigError
 from turbo.denoiser import Denoiser
 from turbo.lora import load_lora, save_lora
-from turbo.timing import speedup_bound
+from turbo.timing import cfg_nfe
 
-# files Hydra itself puts in the run directory before our code runs, and our lock
-_HYDRA_FILES = {".hydra", "train.log", "distill.train.log", ".turbo.lock"}
 LOCK = ".turbo.lock"
+# files Hydra itself puts in the run directory before our code runs, and our lock
+_HYDRA_FILES = {".hydra", "train.log", "distill.train.log", LOCK}
 
 
 def finite_json(value):
@@ -257,8 +257,8 @@ class RunDir:
             if k not in ("step", "sec") and history:
                 lines.append(f"| {k} | {history[0].get(k, float('nan')):.5g} | {last[k]:.5g} |")
         t, st = timings.get("teacher", float("nan")), timings.get("student", float("nan"))
-        teacher_nfe, student_nfe = (2 if s.teacher_guidance != 1 else 1) * s.teacher_steps, s.student_steps
-        bound = speedup_bound(teacher_nfe, student_nfe)
+        teacher_nfe, student_nfe = cfg_nfe(s.teacher_steps, s.teacher_guidance), s.student_steps
+        bound = timings.get("speedup_bound", float("nan"))
         lines += ["", "| sampler | steps | network evaluations | sec / video (sampling) |", "|---|---|---|---|",
                   f"| teacher (CFG {s.teacher_guidance}) | {s.teacher_steps} | {teacher_nfe} | {t:.4f} |",
                   f"| student | {s.student_steps} | {student_nfe} | {st:.4f} |", "",

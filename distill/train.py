@@ -45,7 +45,7 @@ from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.paths import safe_name
 from turbo.plots import plot_curves
-from turbo.timing import median_seconds, speedup_bound
+from turbo.timing import cfg_nfe, median_seconds, speedup_bound
 from turbo.video import write_video
 
 
@@ -332,11 +332,10 @@ def evaluate(run: Run) -> tuple[dict, str]:
                                  steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
         return run.vae.decode(latents)
 
-    cfg_evals = 2 if s.teacher_guidance != 1 else 1
     samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher,
                 f"teacher, {s.student_steps} steps, CFG {s.teacher_guidance}":
                     lambda prompts, seed: teacher(prompts, seed, s.student_steps)}
-    nfe = dict(zip(samplers, (cfg_evals * s.teacher_steps, cfg_evals * s.student_steps)))
+    nfe = dict(zip(samplers, (cfg_nfe(s.teacher_steps, s.teacher_guidance), cfg_nfe(s.student_steps, s.teacher_guidance))))
     if "student" in run.objective.trainable():
         samplers[f"student, {s.student_steps} steps"] = lambda prompts, seed: student_videos(run, prompts, seed)
         nfe[f"student, {s.student_steps} steps"] = s.student_steps
@@ -356,11 +355,10 @@ def finish(run: Run) -> None:
     timings = sample_videos(run)
     results, table = evaluate(run)
     plot_curves(run.history, run.out.path / "curves.png")
-    run.out.write_report(run.cfg, run.history, timings, evaluation=table)
     s = run.cfg.samples
-    teacher_nfe = (2 if s.teacher_guidance != 1 else 1) * s.teacher_steps
     timings["speedup"] = timings["teacher"] / timings["student"]
-    timings["speedup_bound"] = speedup_bound(teacher_nfe, s.student_steps)
+    timings["speedup_bound"] = speedup_bound(cfg_nfe(s.teacher_steps, s.teacher_guidance), s.student_steps)
+    run.out.write_report(run.cfg, run.history, timings, evaluation=table)
     run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings,
                        "eval": results})
 

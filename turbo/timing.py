@@ -23,6 +23,12 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) 
     return statistics.median(times)
 
 
+def cfg_nfe(steps: int, guidance_scale: float) -> int:
+    """Network evaluations of a ``steps``-step sampler with CFG: 2 per step (conditional and
+    unconditional halves), 1 when ``guidance_scale`` is 1 (no unconditional half is run)."""
+    return (1 if guidance_scale == 1 else 2) * steps
+
+
 def speedup_bound(teacher_nfe: int, student_nfe: int) -> float:
     """The largest speed-up the network evaluations allow: teacher NFE / student NFE (fixed costs
     shared by both, such as a VAE decode or a text encoder, only lower the real ratio)."""
