@@ -22,13 +22,13 @@ def _seeded(seed: int, build):
 
 def tiny_wan(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_heads: int = 2,
              head_dim: int = 16, ffn_dim: int = 64, text_dim: int = 32, out_channels: int | None = None,
-             image_dim: int | None = None) -> WanTransformer3DModel:
+             image_dim: int | None = None, patch_size: tuple[int, int, int] = (1, 2, 2)) -> WanTransformer3DModel:
     """A 2-layer ``WanTransformer3DModel`` (the Wan2.1 architecture; patch (1, 2, 2), RoPE).
     I2V (Wan2.1-I2V's layout): ``in_channels`` 16 + 16 + 4 (noisy latent, first-frame latent, mask),
     ``out_channels`` 16, and ``image_dim`` the width of the image tokens (CLIP vision features)
     read by an extra cross-attention (``added_kv_proj_dim`` = the model width, as in Wan)."""
     return _seeded(seed, lambda: WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=num_heads, attention_head_dim=head_dim,
+        patch_size=tuple(patch_size), num_attention_heads=num_heads, attention_head_dim=head_dim,
         in_channels=in_channels, out_channels=out_channels or in_channels, text_dim=text_dim, freq_dim=256,
         ffn_dim=ffn_dim, num_layers=num_layers, rope_max_seq_len=32, image_dim=image_dim,
         added_kv_proj_dim=None if image_dim is None else num_heads * head_dim))

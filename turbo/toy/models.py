@@ -95,7 +95,7 @@ def toy_text_encoder(seed: int = 0, dim: int = 32, num_layers: int = 2) -> ToyTe
 
 def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = None, num_layers: int = 4,
             num_heads: int = 4, head_dim: int = 16, ffn_dim: int = 256, text_dim: int = 32,
-            init: str | None = None):
+            init: str | None = None, patch_size: tuple[int, int, int] = (1, 2, 2)):
     """The toy teachers' Wan2.1-architecture backbone (``WanTransformer3DModel``): 4 layers, width
     64, patch (1, 2, 2) on the 12-channel pixel latent (one token per 4x4 pixels).
 
@@ -105,7 +105,8 @@ def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = Non
     network computes exactly what ``init`` does until training teaches it to read them.
     """
     backbone = tiny_wan(seed=seed, in_channels=in_channels, out_channels=out_channels, num_layers=num_layers,
-                        num_heads=num_heads, head_dim=head_dim, ffn_dim=ffn_dim, text_dim=text_dim)
+                        num_heads=num_heads, head_dim=head_dim, ffn_dim=ffn_dim, text_dim=text_dim,
+                        patch_size=patch_size)
     if init is None:
         return backbone
     source = shipped_backbone(init).state_dict()
