@@ -4,7 +4,8 @@
     metrics.jsonl            one JSON line per step
     checkpoints/step_NNNNNN/ student LoRA (diffusers format) + training_state.pt (optimizers,
                              step, RNG states); written atomically, the newest K kept
-    student/                 the final student LoRA (pytorch_lora_weights.safetensors)
+    student/                 the final student LoRA (pytorch_lora_weights.safetensors) and
+                             sampler.json: how it samples (turbo.sampling.Sampler)
     samples/*.mp4            teacher and student videos on the same prompts and seed
     report.md, DONE          written last; DONE marks a finished run, never overwritten silently
     data_skipped.log         the unusable videos the loop skipped (index, file, reason)

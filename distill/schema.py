@@ -31,6 +31,7 @@ TRAIN = {
         "dropout": number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
         "target_modules": STRINGS,
         "guidance_embedding": BOOL,
+        "export": Section({"original_keys": BOOL, "merged": BOOL}),
     }),
     "train": Section({
         "steps": positive_int(),
@@ -53,7 +54,7 @@ TRAIN = {
 
 # Keys whose change on resume=true leaves the trained function the same (how long, how often,
 # what is written at the end); any other changed key is refused unless named in resume_allow.
-RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "train.steps", "train.checkpoint_every",
+RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "student.export", "train.steps", "train.checkpoint_every",
                "train.keep_checkpoints", "train.max_nonfinite_steps", "samples", "eval", "data.verify",
                "data.max_skip_fraction")
 

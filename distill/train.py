@@ -39,13 +39,15 @@ from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.denoiser import Denoiser
 from turbo.i2v import ImageConditioner, build_i2v
+from turbo.export import MERGED_DIR, save_merged, save_original_keys
 from turbo.lora import save_lora
-from turbo.sampling import sample_teacher
+from turbo.pipeline import Stage
+from turbo.sampling import Sampler
 from turbo.text import TextEncoder
 from turbo.vae import VideoVAE
 from turbo.paths import safe_name
 from turbo.plots import plot_curves
-from turbo.timing import cfg_nfe, median_seconds, speedup_bound
+from turbo.timing import median_seconds, speedup_bound
 from turbo.video import write_video
 
 
@@ -106,11 +108,10 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae = build(m.vae, "model.vae").to(device)
     schedule = build(m.schedule, "model.schedule")
     denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
-    denoiser.add_adapter("student", rank=cfg.student.rank, alpha=cfg.student.alpha,
-                         target_modules=list(cfg.student.target_modules), dropout=cfg.student.dropout,
-                         guidance_embedding=cfg.student.guidance_embedding)
+    # the objective adds the adapters it trains (the student from `student`, a critic, an EMA target)
+    adapter = {k: v for k, v in OmegaConf.to_container(cfg.student).items() if k != "export"}
+    objective = build(cfg.objective, "objective", denoiser=denoiser, adapter=adapter)
     denoiser.to(device)
-    objective = build(cfg.objective, "objective", denoiser=denoiser)
     terms = [k for k in cfg.reward if not str(k).startswith("_")]
     if terms and not getattr(objective, "feeds_rewards", True):
         raise ConfigError(f"reward: objective={objective.name} makes no student prediction for reward feedback to "
@@ -254,8 +255,9 @@ def train(run: Run) -> None:
         run.step = step + 1
         run.history.append(metrics)
         every = getattr(run.bench, "every", 0)
-        if every and run.step % every == 0 and run.accelerator.is_main_process and "student" in run.objective.trainable():
-            metrics.update({f"val/{k}": v for k, v in run.bench.probe(lambda p, seed: student_videos(run, p, seed)).items()})
+        if every and run.step % every == 0 and run.accelerator.is_main_process and run.objective.student is not None:
+            student = list(stages(run).values())[-1]
+            metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video)).items()})
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
             first = next((k for k in metrics if k.endswith("/loss")), None)
@@ -274,29 +276,44 @@ def train(run: Run) -> None:
 
 
 # --- the end of a run ---------------------------------------------------------------------------
+def stages(run: Run) -> dict[str, Stage]:
+    """What the end of a run samples, each a ``Stage`` on the run's one denoiser: the teacher with
+    CFG at ``samples.teacher_steps`` and at ``samples.student_steps`` (what distillation buys over
+    just taking fewer steps) and, when the objective trains one, the student with its own sampler."""
+    s = run.cfg.samples
+    parts = dict(text=run.text, vae=run.vae, denoiser=run.denoiser, device=run.accelerator.device, i2v=run.i2v)
+    out = {f"teacher, {n} steps, CFG {s.teacher_guidance}":
+           Stage(role="teacher", sampler=Sampler("teacher", steps=n, guidance_scale=s.teacher_guidance), **parts)
+           for n in dict.fromkeys((s.teacher_steps, s.student_steps))}
+    if run.objective.student is not None:
+        out[f"student, {s.student_steps} steps"] = Stage(
+            role=run.objective.student, sampler=run.objective.sampler(s.student_steps, s.student_guidance), **parts)
+    return out
+
+
+def first_frames(run: Run, n: int) -> tuple[list[str], torch.Tensor | None]:
+    """The sample prompts, or for an I2V model the prompts and first frames of the first training items."""
+    if run.i2v is None:
+        return list(run.cfg.samples.prompts), None
+    items = collate([run.dataset[i] for i in range(min(n, len(run.dataset)))])
+    return items["prompt"], items["video"][:, 0]
+
+
 @torch.no_grad()
-def sample_videos(run: Run) -> dict:
-    """Teacher (CFG, many steps) and student (few steps) on the same prompts and seed. Returns
-    seconds per video of the sampling loop alone (the VAE decode, the same for both, is apart):
-    the call that made the saved videos is the warm-up, then the median of 3 timed calls."""
+def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
+    """The first and the last stage (the many-step teacher and the student) on the same prompts and
+    seed, written as mp4s. Returns seconds per video of sampling alone (the VAE decode, the same for
+    both, is apart): the call that made the saved videos is the warm-up, then the median of 3."""
     s, v = run.cfg.samples, run.cfg.video
-    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
-    prompts = list(s.prompts)
-    cond, uncond = run.text(prompts), run.text([""] * len(prompts))
-    if run.i2v is not None:  # I2V: the first frames (and prompts) of the first training items
-        items = collate([run.dataset[i] for i in range(min(len(prompts), len(run.dataset)))])
-        prompts = items["prompt"]
-        cond, uncond = run.i2v.apply([run.text(prompts), run.text([""] * len(prompts))],
-                                     items["video"][:, 0].to(run.accelerator.device), v.num_frames)
-    samplers = {
-        "teacher": lambda gen: sample_teacher(run.denoiser, cond, uncond, shape, s.teacher_steps,
-                                              s.teacher_guidance, gen),
-        "student": lambda gen: run.objective.sample(cond, shape, s.student_steps, gen, guidance=s.student_guidance),
-    }
+    prompts, frames = first_frames(run, len(s.prompts))
     timings = {}
-    for who, sample in samplers.items():
-        latents = sample(torch.Generator().manual_seed(s.seed))  # also the warm-up
-        timings[who] = median_seconds(lambda: sample(torch.Generator().manual_seed(s.seed)), warmup=0) / len(prompts)
+    for label in dict.fromkeys((next(iter(stages)), list(stages)[-1])):
+        who = label.split(",")[0]
+        def sample():
+            return stages[label].latents(prompts, v.num_frames, v.height, v.width,
+                                         torch.Generator().manual_seed(s.seed), first_frame=frames)
+        latents = sample()  # also the warm-up
+        timings[who] = median_seconds(sample, warmup=0) / len(prompts)
         videos = run.vae.decode(latents)
         timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
         for i, (prompt, video) in enumerate(zip(prompts, videos)):
@@ -304,42 +321,33 @@ def sample_videos(run: Run) -> dict:
     return timings
 
 
-@torch.no_grad()
-def student_videos(run: Run, prompts: list[str], seed: int) -> torch.Tensor:
-    """The student's few-step videos (B,F,3,H,W in [0, 1]) for ``prompts``, noise from ``seed``."""
-    s, v = run.cfg.samples, run.cfg.video
-    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
-    latents = run.objective.sample(run.text(prompts), shape, s.student_steps, torch.Generator().manual_seed(seed),
-                                   guidance=s.student_guidance)
-    return run.vae.decode(latents)
+def videos_of(stage: Stage, video: DictConfig):
+    """``(prompts, seed) -> B,F,3,H,W`` videos in [0, 1] of ``stage``: what a benchmark samples."""
+    return lambda prompts, seed: stage.video(prompts, video.num_frames, video.height, video.width,
+                                             torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> tuple[dict, str]:
-    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none): the teacher with CFG
-    at ``samples.teacher_steps`` and at ``samples.student_steps`` against the student at
-    ``samples.student_steps`` (what distillation buys over just taking fewer steps), decoded
-    videos B,F,3,H,W in [0, 1] from each. The config names the evaluator, so distill/ never
-    imports eval/; any object with ``compare(samplers, out=...) -> (results, markdown)`` fits."""
+def evaluate(run: Run, stages: dict[str, Stage]) -> tuple[dict, str]:
+    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none) on every stage. The
+    config names the evaluator, so distill/ never imports eval/; any object with
+    ``compare(samplers, out=..., fps=..., nfe=...) -> (results, markdown)`` fits."""
     if run.bench is None:
         return {}, ""
+    samplers = {label: videos_of(stage, run.cfg.video) for label, stage in stages.items()}
+    nfe = {label: stage.sampler.nfe for label, stage in stages.items()}
+    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe)
 
-    s, v = run.cfg.samples, run.cfg.video
-    shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
 
-    def teacher(prompts: list[str], seed: int, steps: int = s.teacher_steps):
-        latents = sample_teacher(run.denoiser, run.text(prompts), run.text([""] * len(prompts)), shape,
-                                 steps, s.teacher_guidance, torch.Generator().manual_seed(seed))
-        return run.vae.decode(latents)
-
-    samplers = {f"teacher, {s.teacher_steps} steps, CFG {s.teacher_guidance}": teacher,
-                f"teacher, {s.student_steps} steps, CFG {s.teacher_guidance}":
-                    lambda prompts, seed: teacher(prompts, seed, s.student_steps)}
-    nfe = dict(zip(samplers, (cfg_nfe(s.teacher_steps, s.teacher_guidance), cfg_nfe(s.student_steps, s.teacher_guidance))))
-    if "student" in run.objective.trainable():
-        samplers[f"student, {s.student_steps} steps"] = lambda prompts, seed: student_videos(run, prompts, seed)
-        nfe[f"student, {s.student_steps} steps"] = s.student_steps
-    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=s.fps, nfe=nfe)
+def save_student(run: Run, adapter: str, sampler: Sampler) -> None:
+    """``student/``: the diffusers LoRA, ``sampler.json`` and the exports ``student.export`` asks for."""
+    folder, export = run.out.path / "student", run.cfg.student.export
+    save_lora(run.denoiser, adapter, folder)
+    sampler.save(folder)
+    if export.original_keys:
+        save_original_keys(run.denoiser, adapter, folder)
+    if export.merged:
+        save_merged(run.denoiser, adapter, folder / MERGED_DIR, guidance=sampler.guidance)
 
 
 def finish(run: Run) -> None:
@@ -349,15 +357,19 @@ def finish(run: Run) -> None:
     if bad:  # never save a NaN student (unreachable while non-finite steps are skipped, kept as a guard)
         raise TrainingStopped(f"train: {len(bad)} trained tensors hold non-finite values (first: {bad[0]}); "
                               f"no student written, no DONE; last good checkpoint: {run.out.latest() or 'none'}")
-    if "student" in run.objective.trainable():
-        save_lora(run.denoiser, "student", run.out.path / "student")
-    run.objective.export(run.out.path)
-    timings = sample_videos(run)
-    results, table = evaluate(run)
-    plot_curves(run.history, run.out.path / "curves.png")
     s = run.cfg.samples
-    timings["speedup"] = timings["teacher"] / timings["student"]
-    timings["speedup_bound"] = speedup_bound(cfg_nfe(s.teacher_steps, s.teacher_guidance), s.student_steps)
+    student = run.objective.student
+    if student is not None:
+        save_student(run, student, run.objective.sampler(s.student_steps, s.student_guidance))
+    run.objective.export(run.out.path)
+    end = stages(run)
+    timings = sample_videos(run, end)
+    results, table = evaluate(run, end)
+    plot_curves(run.history, run.out.path / "curves.png")
+    if "student" in timings:
+        first, last = next(iter(end.values())), list(end.values())[-1]
+        timings["speedup"] = timings["teacher"] / timings["student"]
+        timings["speedup_bound"] = speedup_bound(first.sampler.nfe, last.sampler.nfe)
     run.out.write_report(run.cfg, run.history, timings, evaluation=table)
     run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings,
                        "eval": results})

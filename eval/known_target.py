@@ -118,13 +118,14 @@ def train_teacher(s: Settings, world: World, text) -> Denoiser:
 
 def build_objective(name: str, teacher: Denoiser, steps: int, lr: float = 1e-4):
     d = copy.deepcopy(teacher)
-    d.add_adapter("student", rank=8, alpha=8, target_modules=TARGETS)
+    adapter = {"rank": 8, "alpha": 8, "target_modules": TARGETS}
     adam = {"lr": lr, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
     if name == "cd":
-        return ConsistencyDistillation(d, num_ddim_timesteps=50, w_min=0.0, w_max=0.0, optim={"student": adam})
+        return ConsistencyDistillation(d, num_ddim_timesteps=50, w_min=0.0, w_max=0.0, optim={"student": adam},
+                                       adapter=adapter)
     ts = [999, 749, 499, 249] if steps == 4 else [999, 499] if steps == 2 else [999]
     kw = dict(guidance_scale=1.0, denoising_timesteps=ts, dfake_gen_update_ratio=2,
-              optim={"student": adam, "critic": adam})
+              optim={"student": adam, "critic": adam}, adapter=adapter)
     return DMD2(d, **kw) if name == "dmd2" else W2S(d, weak_weight=0.25, **kw)
 
 
@@ -132,7 +133,7 @@ def distance(world: World, text, objective, steps: int, n: int, seed: int) -> fl
     dists = []
     for k, prompt in enumerate(PROMPTS):
         g = torch.Generator().manual_seed(seed + k)
-        x = objective.sample(text([prompt] * n), SHAPE, steps, g)
+        x = objective.sampler(steps)(objective.denoiser, text([prompt] * n), None, SHAPE, g, objective.student)
         dists.append(energy_distance(x, world.sample(k, n, g)))
     return sum(dists) / len(dists)
 

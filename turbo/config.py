@@ -145,8 +145,8 @@ def _names(types: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types)
 
 
-def positive_int(expect: str = "an integer >= 1") -> Rule:
-    return Rule((int,), lambda v: v >= 1, expect)
+def positive_int(expect: str = "an integer >= 1", nullable: bool = False) -> Rule:
+    return Rule((int,), lambda v: v >= 1, expect + (" or null" if nullable else ""), nullable)
 
 
 def number(ok: Callable[[float], bool] = math.isfinite, expect: str = "a finite number", nullable: bool = False) -> Rule:

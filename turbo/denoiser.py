@@ -194,6 +194,10 @@ class Denoiser(nn.Module):
 
     def _time_features_dim(self) -> int:
         """The width of the sinusoidal timestep features the time embedder's MLP reads."""
+        return self.time_features_linear().in_features
+
+    def time_features_linear(self) -> nn.Linear:
+        """The time embedder's first Linear: the layer the guidance embedding's output enters."""
         module = self._time_embed_module()
         first = getattr(module, "linear_1", None)  # diffusers' TimestepEmbedding
         if not isinstance(first, nn.Linear):
@@ -201,7 +205,7 @@ class Denoiser(nn.Module):
         if first is None:
             raise ValueError(f"model.time_embedding_module={self.time_embedding_module!r} has no Linear layer "
                              f"to read the guidance embedding")
-        return first.in_features
+        return first
 
     def _install_hook(self) -> None:
         if self._hook is None:

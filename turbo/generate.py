@@ -22,8 +22,6 @@ pair gives the same video whatever else is in the run.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -44,12 +42,8 @@ from turbo.video import VideoWriter, read_video, write_video
 
 MODES = ("t2v", "i2v", "t2i2v")
 SAMPLER = Section({
-    "name": STRING,
+    "name": STRING, "steps": positive_int(nullable=True), "guidance": number(nullable=True),
     "teacher": Section({"steps": positive_int(), "guidance_scale": number(), "grid": STRING}),
-    "consistency": Section({"steps": positive_int(), "grid_steps": positive_int(), "guidance": number(nullable=True),
-                            "sigma_data": number(lambda v: v > 0, "a number > 0"), "timestep_scaling": number()}),
-    "fixed": Section({"timesteps": Rule((list,), lambda v: bool(v) and all(isinstance(t, int) and 0 <= t < 1000 for t in v),
-                                        "a non-empty list of integer timesteps in [0, 999]")}),
 })
 # Every key turbo-generate reads (conf/generate.yaml); turbo.config.check_config refuses the rest.
 GENERATE = {
@@ -70,10 +64,10 @@ def check_config(cfg: DictConfig) -> None:
     mode = cfg.mode
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r} is not a mode; choose one of {', '.join(MODES)}")
-    sampler = sampler_from_config(cfg.sampler, "sampler")
+    check_lora_folder(cfg.lora, "lora")
+    sampler = sampler_from_config(cfg.sampler, cfg.lora, "sampler")
     if not seeds_of(cfg):
         raise ConfigError("seeds must list at least one seed, e.g. seeds=[0,1]")
-    check_lora_folder(cfg.lora, "lora")
     name = cfg.model.get("name", "?")
     if mode == "t2v" and cfg.model.get("i2v") is not None:
         raise ConfigError(f"model={name} is an image-to-video model (it has model.i2v): use mode=i2v with "
@@ -91,8 +85,8 @@ def check_config(cfg: DictConfig) -> None:
         if stage.model.get("i2v") is not None:
             raise ConfigError(f"image_stage.model={stage.model.get('name', '?')} is an image-to-video model: the "
                               f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
-        sampler_from_config(stage.sampler, "image_stage.sampler")
         check_lora_folder(stage.lora, "image_stage.lora")
+        sampler_from_config(stage.sampler, stage.lora, "image_stage.sampler")
     if cfg.long.windows > 1:
         if mode != "t2v":
             raise ConfigError(f"long.windows={cfg.long.windows} (sliding-window videos) is for mode=t2v only, "
@@ -136,7 +130,7 @@ def load(cfg: DictConfig) -> Stage:
     check_config(cfg)
     if cfg.inference.merge_lora and cfg.lora is None:
         raise ConfigError("inference.merge_lora=true needs a student: set lora=<run>/student")
-    stage = load_stage(cfg.model, sampler_from_config(cfg.sampler), resolve_device(str(cfg.device)),
+    stage = load_stage(cfg.model, sampler_from_config(cfg.sampler, cfg.lora), resolve_device(str(cfg.device)),
                        lora=cfg.lora, inference=cfg.inference)
     stage.vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
     return stage
@@ -145,7 +139,7 @@ def load(cfg: DictConfig) -> Stage:
 def load_image_stage(cfg: DictConfig) -> Stage:
     """mode=t2i2v's text -> first-frame stage: ``image_stage.model`` with its own LoRA and sampler."""
     s = cfg.image_stage
-    stage = load_stage(s.model, sampler_from_config(s.sampler, "image_stage.sampler"), resolve_device(str(cfg.device)),
+    stage = load_stage(s.model, sampler_from_config(s.sampler, s.lora, "image_stage.sampler"), resolve_device(str(cfg.device)),
                        lora=s.lora, inference=cfg.inference, key="image_stage.model", lora_key="image_stage.lora")
     stage.vae.check_video_size(1, cfg.video.height, cfg.video.width, key="video")
     return stage
@@ -153,7 +147,7 @@ def load_image_stage(cfg: DictConfig) -> Stage:
 
 # --- sampling -----------------------------------------------------------------------------------
 def sampler_steps(cfg: DictConfig) -> int:
-    return sampler_from_config(cfg.sampler).num_steps
+    return sampler_from_config(cfg.sampler, cfg.lora).num_steps
 
 
 def first_frame_of(cfg: DictConfig) -> Tensor:
@@ -172,24 +166,18 @@ def sample_latents(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, first_f
 
 def write_long(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, path: Path) -> Path:
     """A ``long.windows``-window video streamed to ``path`` (turbo/long_video.py)."""
-    v, lg, sm = cfg.video, cfg.long, pipe.sampler
-    settings: dict = {"timesteps": sm.timesteps} if sm.name == "fixed" else {"steps": sm.steps}
-    if sm.name == "teacher":
-        settings["guidance_scale"] = sm.guidance_scale
-    if sm.name == "consistency":
-        settings.update(grid_steps=sm.grid_steps, guidance=sm.guidance, boundary=sm.boundary)
-    cond = pipe.text([prompt]).to(pipe.device)
-    uncond = pipe.text([cfg.negative_prompt]).to(pipe.device) if sm.name == "teacher" else None
+    v, lg = cfg.video, cfg.long
+    cond, uncond = pipe.conditions([prompt], cfg.negative_prompt, int(v.num_frames))
     with VideoWriter(path, fps=cfg.fps) as writer:
         generate_long(pipe.denoiser, pipe.vae, cond, uncond, window_latent_frames=pipe.vae.latent_frames(v.num_frames),
-                      overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=sm.name,
+                      overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=pipe.sampler,
                       generator=torch.Generator().manual_seed(int(seed)), writer=writer,
-                      height=int(v.height), width=int(v.width), role=pipe.role, **settings)
+                      height=int(v.height), width=int(v.width), role=pipe.role)
     return Path(path)
 
 
 def _stage_row(stage: Stage, lora) -> dict:
-    return {"sampler": stage.sampler.name, "steps": stage.sampler.num_steps, "lora": None if lora is None else str(lora)}
+    return {"sampler": stage.sampler.to_dict(), "steps": stage.sampler.num_steps, "lora": None if lora is None else str(lora)}
 
 
 def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:

@@ -38,20 +38,14 @@ import gc
 import json
 import resource
 from collections.abc import Iterator
-from typing import Literal
-
 import torch
 from torch import Tensor
 
 from turbo.denoiser import Denoiser, Role
-from turbo.sampling import AfterStep, initial_noise, sample_consistency, sample_fixed_steps, sample_teacher
-from turbo.schedule import ConsistencyBoundary
+from turbo.sampling import AfterStep, Sampler, initial_noise
 from turbo.text import TextCond
 from turbo.vae import VideoVAE
 from turbo.video import VideoWriter
-
-Sampler = Literal["teacher", "consistency", "fixed"]
-
 
 def replace_known(known: Tensor, denoiser: Denoiser, generator: torch.Generator) -> AfterStep:
     """An ``after_step`` hook that overwrites the first ``known.shape[2]`` latent frames of the
@@ -79,43 +73,31 @@ def total_pixel_frames(vae: VideoVAE, window_latent_frames: int, overlap: int, n
     return vae.pixel_frames(window_latent_frames) + (num_windows - 1) * new_pixel_frames(vae, window_latent_frames, overlap)
 
 
-def _check(window_latent_frames: int, overlap: int, num_windows: int, sampler: str) -> None:
+def _check(window_latent_frames: int, overlap: int, num_windows: int) -> None:
     if window_latent_frames < 1:
         raise ValueError(f"window_latent_frames must be >= 1, found {window_latent_frames}")
     if not 0 <= overlap < window_latent_frames:
         raise ValueError(f"overlap must be in 0..{window_latent_frames - 1} (< window_latent_frames), found {overlap}")
     if num_windows < 1:
         raise ValueError(f"num_windows must be >= 1, found {num_windows}")
-    if sampler not in ("teacher", "consistency", "fixed"):
-        raise ValueError(f"sampler must be 'teacher', 'consistency' or 'fixed', found {sampler!r}")
 
 
 @torch.no_grad()
 def window_latents(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, latent_hw: tuple[int, int], *,
                    window_latent_frames: int, overlap: int, num_windows: int, sampler: Sampler,
-                   generator: torch.Generator, role: Role = "teacher", channels: int | None = None,
-                   steps: int = 4, guidance_scale: float = 7.5, grid_steps: int = 50, guidance: float | None = None,
-                   boundary: ConsistencyBoundary = ConsistencyBoundary(),
-                   timesteps: tuple[int, ...] = (999, 749, 499, 249)) -> Iterator[Tensor]:
+                   generator: torch.Generator, role: Role = "teacher", channels: int | None = None) -> Iterator[Tensor]:
     """Yield each window's latents (B,C,window_latent_frames,h,w), window n+1 conditioned on the
-    last ``overlap`` latent frames of window n. ``latent_hw`` = (h, w) of the latents; ``channels``
-    defaults to the backbone's input channels. Sampler settings: ``steps`` and ``guidance_scale``
-    (teacher), ``steps``, ``grid_steps``, ``guidance``, ``boundary`` (consistency), ``timesteps`` (fixed)."""
-    _check(window_latent_frames, overlap, num_windows, sampler)
+    last ``overlap`` latent frames of window n, each window sampled by ``sampler`` (any
+    ``turbo.sampling.Sampler``). ``latent_hw`` = (h, w) of the latents; ``channels`` defaults to
+    the backbone's input channels."""
+    _check(window_latent_frames, overlap, num_windows)
     if channels is None:
         channels = int(denoiser.backbone.config.in_channels)
     shape = (channels, window_latent_frames, *latent_hw)
     known: Tensor | None = None
     for _ in range(num_windows):
         hook = None if known is None or overlap == 0 else replace_known(known, denoiser, generator)
-        if sampler == "teacher":
-            x = sample_teacher(denoiser, cond, uncond, shape, steps, guidance_scale, generator, role=role,
-                               after_step=hook)
-        elif sampler == "consistency":
-            x = sample_consistency(denoiser, cond, shape, steps, generator, grid_steps=grid_steps, guidance=guidance,
-                                   boundary=boundary, role=role, after_step=hook)
-        else:
-            x = sample_fixed_steps(denoiser, cond, shape, list(timesteps), generator, role=role, after_step=hook)
+        x = sampler(denoiser, cond, uncond, shape, generator, role, after_step=hook)
         known = x[:, :, window_latent_frames - overlap:].clone() if overlap else None
         yield x
         del x
@@ -125,11 +107,11 @@ def window_latents(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, 
 def generate_long(denoiser: Denoiser, vae: VideoVAE, cond: TextCond, uncond: TextCond | None, *,
                   window_latent_frames: int, overlap: int, num_windows: int, sampler: Sampler,
                   generator: torch.Generator, writer: VideoWriter, height: int, width: int,
-                  role: Role = "teacher", **sampler_settings) -> int:
+                  role: Role = "teacher") -> int:
     """Generate ``num_windows`` windows of one video (``len(cond) == 1``) and stream their new frames
     to ``writer`` (an open ``VideoWriter``); return the number of frames written, which is
     ``total_pixel_frames(vae, window_latent_frames, overlap, num_windows)``. ``height``/``width`` are
-    pixel sizes; ``sampler_settings`` go to ``window_latents``."""
+    pixel sizes."""
     if len(cond) != 1:
         raise ValueError(f"generate_long writes one video: expected one prompt, found {len(cond)}")
     vae.check_video_size(vae.pixel_frames(window_latent_frames), height, width, key="long")
@@ -137,8 +119,7 @@ def generate_long(denoiser: Denoiser, vae: VideoVAE, cond: TextCond, uncond: Tex
     written = 0
     windows = window_latents(denoiser, cond, uncond, (height // vae.spatial, width // vae.spatial),
                              window_latent_frames=window_latent_frames, overlap=overlap, num_windows=num_windows,
-                             sampler=sampler, generator=generator, role=role, channels=vae.latent_channels,
-                             **sampler_settings)
+                             sampler=sampler, generator=generator, role=role, channels=vae.latent_channels)
     for n, latents in enumerate(windows):
         video = vae.decode(latents)[0].float().cpu()  # F,3,H,W in [0, 1]
         new = video if n == 0 else video[skip:]
@@ -177,7 +158,7 @@ def bench(windows: int, size: int, out: str, accumulate: bool = False) -> dict:
     denoiser = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan").eval()
     vae, text = tiny_wan_vae(seed=0), tiny_text_encoder(seed=0)
     cond = text(["a red circle moving right"])
-    kw = dict(window_latent_frames=3, overlap=1, sampler="fixed", timesteps=(999,), height=size, width=size)
+    kw = dict(window_latent_frames=3, overlap=1, sampler=Sampler("fixed", timesteps=(999,)), height=size, width=size)
     with VideoWriter(out + ".warm.mp4") as w:  # warm-up: lazy inits, and a full encoder (below)
         # libx264 keeps a bounded lookahead (~50 frames, ~26 MB at 256x256) that fills over the
         # first frames of any file; fill it here so that filling is not mistaken for growth.

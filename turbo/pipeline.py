@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,74 +33,35 @@ from turbo.denoiser import Denoiser, Role
 from turbo.i2v import ImageConditioner, build_i2v
 from turbo.inference import prepare_for_inference
 from turbo.lora import GUIDANCE, HAS_GUIDANCE, WEIGHTS, check_lora_tensors, load_lora
-from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
-from turbo.schedule import GRIDS, ConsistencyBoundary
+from turbo.sampling import Sampler, SamplerError
 from turbo.text import TextCond, TextEncoder
 from turbo.vae import VideoVAE
 
 IMAGE_SEED_OFFSET = 1_000_003
-SAMPLERS = {"teacher": {"steps", "guidance_scale", "grid"},
-            "consistency": {"steps", "grid_steps", "guidance", "sigma_data", "timestep_scaling"},
-            "fixed": {"timesteps"}}
+SAMPLER_NAMES = ("auto", "teacher")
 
 
-# --- samplers -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Sampler:
-    """How a stage samples: "teacher" (DDIM / Euler with CFG ``guidance_scale`` on ``grid``),
-    "consistency" (LCM multistep on the CD grid of ``grid_steps``; ``guidance`` is the w of a
-    student's guidance embedding) or "fixed" (DMD2's ``timesteps``)."""
-
-    name: str
-    steps: int = 4
-    guidance_scale: float = 1.0
-    grid: str = "index"
-    grid_steps: int = 50
-    guidance: float | None = None
-    boundary: ConsistencyBoundary = field(default_factory=ConsistencyBoundary)
-    timesteps: tuple[int, ...] = ()
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.timesteps) if self.name == "fixed" else self.steps
-
-    def __call__(self, denoiser: Denoiser, cond: TextCond, uncond: TextCond, shape: tuple[int, ...],
-                 generator: torch.Generator, role: Role) -> Tensor:
-        """Latents B,C,F,H,W (B = len(cond)); ``shape`` = C,F,H,W. ``uncond`` is read by "teacher" only."""
-        if self.name == "teacher":
-            return sample_teacher(denoiser, cond, uncond, shape, self.steps, self.guidance_scale, generator, role=role,
-                                  grid=self.grid)
-        if self.name == "consistency":
-            return sample_consistency(denoiser, cond, shape, self.steps, generator, grid_steps=self.grid_steps,
-                                      guidance=self.guidance, boundary=self.boundary, role=role)
-        return sample_fixed_steps(denoiser, cond, shape, list(self.timesteps), generator, role=role)
-
-
-def sampler_from_config(node: DictConfig, key: str = "sampler") -> Sampler:
-    """``sampler`` node -> ``Sampler``; every error names the key."""
-    name = node.get("name")
-    if name not in SAMPLERS:
-        raise ConfigError(f"{key}.name={name!r} is not a sampler; choose one of {sorted(SAMPLERS)}")
-    sub = node.get(name)
-    extra = sorted(set(sub.keys()) - SAMPLERS[name]) if sub is not None else []
-    missing = sorted(SAMPLERS[name] - set(sub.keys())) if sub is not None else sorted(SAMPLERS[name])
-    if sub is None or extra or missing:
-        raise ConfigError(f"{key}.{name} must hold {sorted(SAMPLERS[name])}"
-                          + (f"; unknown keys {extra}" if extra else "")
-                          + (f"; missing {missing}" if missing and sub is not None else "")
-                          + (f", found no {key}.{name}" if sub is None else ""))
-    if name == "teacher":
-        if sub.grid not in GRIDS:
-            raise ConfigError(f"{key}.teacher.grid must be one of {list(GRIDS)}, found {sub.grid!r}")
-        return Sampler("teacher", steps=int(sub.steps), guidance_scale=float(sub.guidance_scale), grid=str(sub.grid))
-    if name == "consistency":
-        return Sampler("consistency", steps=int(sub.steps), grid_steps=int(sub.grid_steps),
-                       guidance=None if sub.guidance is None else float(sub.guidance),
-                       boundary=ConsistencyBoundary(float(sub.sigma_data), float(sub.timestep_scaling)))
-    timesteps = tuple(int(t) for t in sub.timesteps)
-    if not timesteps:
-        raise ConfigError(f"{key}.fixed.timesteps must list at least one timestep, e.g. [999, 749, 499, 249]")
-    return Sampler("fixed", timesteps=timesteps)
+def sampler_from_config(node: DictConfig, lora: str | None, key: str = "sampler") -> Sampler:
+    """The ``sampler`` node of turbo-generate / turbo-eval -> a ``Sampler``. ``auto``: a student
+    (``lora`` set) samples as its run wrote in ``<lora>/sampler.json``, a teacher with
+    ``<key>.teacher``; ``teacher``: CFG with ``<key>.teacher`` even for a student. ``<key>.steps`` and
+    ``<key>.guidance`` override the student's own step count and w. Errors name the key."""
+    name = node.name
+    if name not in SAMPLER_NAMES:
+        raise ConfigError(f"{key}.name={name!r}: choose auto (a student's own sampler.json, else the teacher "
+                          f"sampler) or teacher")
+    if name == "auto" and lora is not None:
+        sampler = Sampler.load(str(lora), key=key.replace("sampler", "lora"))
+        return sampler.with_steps(node.steps, node.guidance)
+    for override in ("steps", "guidance"):
+        if node.get(override) is not None:
+            raise ConfigError(f"{key}.{override}={node.get(override)} overrides a student's own sampler "
+                              f"(sampler.json); the teacher sampler takes {key}.teacher.steps / guidance_scale")
+    t = node.teacher
+    try:
+        return Sampler("teacher", steps=int(t.steps), guidance_scale=float(t.guidance_scale), grid=str(t.grid))
+    except SamplerError as e:
+        raise ConfigError(f"{key}.teacher.{e}") from None
 
 
 # --- a stage --------------------------------------------------------------------------------------
@@ -286,5 +247,5 @@ def load_stage(model: DictConfig, sampler: Sampler, device: torch.device, *, lor
     return Stage(text, vae, denoiser, role, device, sampler, None if i2v is None else i2v.to(device), key)
 
 
-__all__ = ["IMAGE_SEED_OFFSET", "SAMPLERS", "Sampler", "Stage", "add_student", "check_lora_folder", "t2i2v",
+__all__ = ["IMAGE_SEED_OFFSET", "Sampler", "Stage", "add_student", "check_lora_folder", "t2i2v",
            "first_frames", "load_stage", "lora_config", "rooted", "sampler_from_config"]

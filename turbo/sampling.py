@@ -12,6 +12,11 @@
 
 All return latents B,C,F,H,W; decode them with ``VideoVAE.decode``.
 
+``Sampler`` is how a model is meant to be sampled, as one value: which of the loops, with which
+settings. Every objective says how its student samples (``Objective.sampler``) and the run writes
+it to ``student/sampler.json`` (``Sampler.save``), so ``turbo-generate lora=<run>/student``,
+``turbo-eval`` and the long-video loop sample a CD, DMD2 or W2S student as it was trained.
+
 Each takes an optional ``after_step(x, t) -> x`` hook, called whenever the running sample ``x``
 has just been brought to timestep ``t``: on the initial noise (``t`` = the first timestep), after
 every step (``t`` = the next timestep) and on the result (``t=None``, clean). It may return a
@@ -21,15 +26,19 @@ Without it (the default) the samplers are unchanged, down to their random draws.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from turbo.denoiser import Denoiser, Role
-from turbo.schedule import ConsistencyBoundary, SamplingPlan, Schedule, lcm_timesteps
+from turbo.schedule import GRIDS, ConsistencyBoundary, SamplingPlan, Schedule, lcm_timesteps
 from turbo.text import TextCond
+from turbo.timing import cfg_nfe
 
 AfterStep = Callable[[Tensor, "int | None"], Tensor]
 
@@ -136,3 +145,143 @@ def backward_simulation(denoiser: Denoiser, cond: TextCond, noise: Tensor, times
     if k == 0:
         return noise
     return _fixed_step_chain(denoiser, cond, noise, list(timesteps[:k]), timesteps[k], generator, role)
+
+
+# --- a sampler as one value -------------------------------------------------------------------------
+SAMPLER_FILE = "sampler.json"
+# the settings each kind reads (the rest of the dataclass is ignored by it and not written)
+SAMPLER_KEYS = {"teacher": ("steps", "guidance_scale", "grid"),
+                "consistency": ("steps", "grid_steps", "guidance", "sigma_data", "timestep_scaling"),
+                "fixed": ("timesteps",)}
+
+
+class SamplerError(ValueError):
+    """A sampler description (a config node or a sampler.json) that cannot be sampled with."""
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How a model samples: ``name`` "teacher" (DDIM / Euler with CFG ``guidance_scale`` on
+    ``grid``), "consistency" (LCM multistep on the CD grid of ``grid_steps``; ``guidance`` is the w
+    of a student's guidance embedding, ignored without one) or "fixed" (DMD2's ``timesteps``)."""
+
+    name: str
+    steps: int = 4
+    guidance_scale: float = 1.0
+    grid: str = "index"
+    grid_steps: int = 50
+    guidance: float | None = None
+    boundary: ConsistencyBoundary = field(default_factory=ConsistencyBoundary)
+    timesteps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLER_KEYS:
+            raise SamplerError(f"sampler name {self.name!r} is not a sampler; choose one of {sorted(SAMPLER_KEYS)}")
+        if self.name == "fixed" and not self.timesteps:
+            raise SamplerError("a fixed-timestep sampler needs at least one timestep, e.g. [999, 749, 499, 249]")
+        if self.name != "fixed" and self.steps < 1:
+            raise SamplerError(f"steps must be >= 1, found {self.steps}")
+        if self.name == "teacher" and self.grid not in GRIDS:
+            raise SamplerError(f"grid must be one of {list(GRIDS)}, found {self.grid!r}")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps) if self.name == "fixed" else self.steps
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample (CFG runs two per step)."""
+        return cfg_nfe(self.steps, self.guidance_scale) if self.name == "teacher" else self.num_steps
+
+    def __call__(self, denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
+                 generator: torch.Generator, role: Role, after_step: AfterStep | None = None) -> Tensor:
+        """Latents B,C,F,H,W (B = len(cond)); ``shape`` = C,F,H,W. ``uncond`` is read by "teacher" only."""
+        if self.name == "teacher":
+            return sample_teacher(denoiser, cond, uncond, shape, self.steps, self.guidance_scale, generator, role=role,
+                                  grid=self.grid, after_step=after_step)
+        if self.name == "consistency":
+            return sample_consistency(denoiser, cond, shape, self.steps, generator, grid_steps=self.grid_steps,
+                                      guidance=self.guidance, boundary=self.boundary, role=role, after_step=after_step)
+        return sample_fixed_steps(denoiser, cond, shape, list(self.timesteps), generator, role=role,
+                                  after_step=after_step)
+
+    def with_steps(self, steps: int | None = None, guidance: float | None = None,
+                   num_train_timesteps: int = 1000) -> "Sampler":
+        """The same sampler with another step count (a fixed-timestep sampler then takes evenly
+        spread "trailing" timesteps, ``Schedule.inference_timesteps``) and, for consistency, another w."""
+        out = self
+        if guidance is not None:
+            if self.name != "consistency":
+                raise SamplerError(f"a guidance (w) override is for consistency samplers; this one is {self.name!r}"
+                                   + (" (set its guidance_scale instead)" if self.name == "teacher" else ""))
+            out = replace(out, guidance=float(guidance))
+        if steps is None or steps == self.num_steps:
+            return out
+        if self.name != "fixed":
+            return replace(out, steps=int(steps))
+        if not 1 <= steps <= num_train_timesteps:
+            raise SamplerError(f"sampler steps must be in 1..{num_train_timesteps}, found {steps}")
+        spread = torch.round(torch.arange(num_train_timesteps, 0, -num_train_timesteps / steps,
+                                          dtype=torch.float64)).long() - 1
+        return replace(out, timesteps=tuple(spread[:steps].tolist()))
+
+    def to_dict(self) -> dict:
+        """The settings its kind reads, as JSON values (``from_dict`` inverts it)."""
+        flat = {**asdict(self), **asdict(self.boundary)}
+        flat["timesteps"] = list(self.timesteps)
+        return {"name": self.name, **{k: flat[k] for k in SAMPLER_KEYS[self.name]}}
+
+    @classmethod
+    def from_dict(cls, data, where: str = "sampler") -> "Sampler":
+        """A sampler from ``to_dict``'s form; ``where`` (a file, a config key) names it in errors."""
+        if not isinstance(data, dict) or data.get("name") not in SAMPLER_KEYS:
+            name = data.get("name") if isinstance(data, dict) else None
+            raise SamplerError(f"{where}: 'name' must be one of {sorted(SAMPLER_KEYS)}, found {name!r}")
+        name, keys = data["name"], SAMPLER_KEYS[data["name"]]
+        unknown, missing = sorted(set(data) - {"name", *keys}), sorted(set(keys) - set(data))
+        if unknown or missing:
+            raise SamplerError(f"{where}: a {name!r} sampler holds {list(keys)}"
+                               + (f"; unknown keys {unknown}" if unknown else "")
+                               + (f"; missing {missing}" if missing else ""))
+        try:
+            if name == "teacher":
+                return cls(name, steps=_int(data["steps"]), guidance_scale=float(data["guidance_scale"]),
+                           grid=str(data["grid"]))
+            if name == "consistency":
+                g = data["guidance"]
+                return cls(name, steps=_int(data["steps"]), grid_steps=_int(data["grid_steps"]),
+                           guidance=None if g is None else float(g),
+                           boundary=ConsistencyBoundary(float(data["sigma_data"]), float(data["timestep_scaling"])))
+            ts = data["timesteps"]
+            if not isinstance(ts, (list, tuple)) or not all(isinstance(t, int) and 0 <= t < 1000 for t in ts):
+                raise SamplerError(f"timesteps must be a list of integers in [0, 999], found {ts!r}")
+            return cls(name, timesteps=tuple(int(t) for t in ts))
+        except (TypeError, ValueError) as e:
+            raise SamplerError(f"{where}: {e}") from None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/sampler.json`` (atomically)."""
+        from turbo.atomic import atomic_write_text
+
+        path = Path(folder) / SAMPLER_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, key: str = "lora") -> "Sampler":
+        """``folder/sampler.json`` (plain JSON: nothing in it runs); errors name the file and ``key``."""
+        path = Path(folder) / SAMPLER_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}={folder}: no {SAMPLER_FILE} in it (turbo-train writes one beside the "
+                                    f"LoRA); give the sampler explicitly, e.g. sampler.name=teacher")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SamplerError(f"{path}: is not JSON ({e})") from None
+        return cls.from_dict(data, str(path))
+
+
+def _int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SamplerError(f"expected an integer, found {value!r}")
+    return value

@@ -8,7 +8,10 @@ The training loop knows nothing objective-specific. An objective declares
 - ``needs_videos``: whether its losses read real latents (the loop refuses prompt-only data then);
 - ``feeds_rewards`` (default True): whether its generator loss returns the student's single-step
   prediction ``x0`` for reward feedback (a reward configured for one that does not is an error);
-- ``generator_loss`` / ``critic_loss``: the losses of those groups; ``sample``: its student sampler;
+- ``generator_loss`` / ``critic_loss``: the losses of those groups;
+- ``student``: the adapter it trains as the few-step student (None when it trains none), which it
+  adds itself from the run's ``student`` settings (``add_student``); ``sampler(steps, guidance)``:
+  how that student samples, a ``turbo.sampling.Sampler`` the run saves as ``student/sampler.json``;
 
 and the loop follows. Adding an objective is one file here plus one ``conf/objective/*.yaml``.
 """
@@ -25,6 +28,7 @@ from torch import Tensor, nn
 
 from turbo.config import ConfigError
 from turbo.denoiser import Denoiser, Role
+from turbo.sampling import Sampler
 from turbo.text import TextCond
 
 OPTIM_KEYS = {"lr", "betas", "weight_decay", "grad_clip"}
@@ -63,6 +67,7 @@ class Objective(Protocol):
     name: str
     needs_videos: bool
     optim: dict[str, dict[str, Any]]
+    student: str | None  # the adapter trained as the few-step student, or None
 
     def trainable(self) -> dict[str, list[nn.Parameter]]: ...
 
@@ -72,9 +77,8 @@ class Objective(Protocol):
 
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
 
-    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-               guidance: float | None = None) -> Tensor:
-        """The student's own few-step sampler (latents B,C,F,H,W, B = len(cond))."""
+    def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
+        """How the student samples with ``steps`` steps (``guidance``: the w of a guidance embedding)."""
         ...
 
     def after_step(self, group: str) -> None:
@@ -91,6 +95,21 @@ class Objective(Protocol):
         """Write what the objective trained beyond the student LoRA (a pre-trained teacher) into
         the run folder at the end of a run."""
         ...
+
+
+def add_student(denoiser: Denoiser, name: str, adapter: Mapping[str, Any] | None) -> None:
+    """Give ``denoiser`` the student adapter ``name`` from the run's ``student`` settings (rank,
+    alpha, target_modules, dropout, guidance_embedding). ``adapter=None``: the caller added it."""
+    if adapter is None:
+        if name not in denoiser.adapters:
+            raise ValueError(f"objective.student={name!r} is not an adapter of the denoiser ({denoiser.adapters}) "
+                             f"and no student settings were given to add it")
+        return
+    if name in denoiser.adapters:
+        raise ValueError(f"objective.student={name!r}: the denoiser already has an adapter of that name")
+    a = dict(adapter)
+    denoiser.add_adapter(name, rank=int(a["rank"]), alpha=float(a["alpha"]), target_modules=list(a["target_modules"]),
+                         dropout=float(a.get("dropout", 0.0)), guidance_embedding=bool(a.get("guidance_embedding", False)))
 
 
 def group_loss(objective: Objective, group: str, batch: Batch, step: int, generator: torch.Generator) -> Losses:

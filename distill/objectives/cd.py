@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, check_optim, noise_like
+from distill.objectives.base import Batch, Losses, add_student, check_optim, noise_like
 from turbo.denoiser import Denoiser
-from turbo.sampling import sample_consistency
+from turbo.sampling import Sampler
 from turbo.schedule import ConsistencyBoundary
 from turbo.text import TextCond
 
@@ -34,7 +34,7 @@ class ConsistencyDistillation:
     def __init__(self, denoiser: Denoiser, num_ddim_timesteps: int = 50, skip: int | None = None,
                  w_min: float = 5.0, w_max: float = 15.0, loss: str = "huber", huber_c: float = 0.001,
                  sigma_data: float = 0.5, timestep_scaling: float = 10.0, ema_decay: float | None = None,
-                 optim: dict | None = None, student: str = "student"):
+                 optim: dict | None = None, student: str = "student", adapter: dict | None = None):
         T = denoiser.schedule.num_train_timesteps
         if not 1 <= num_ddim_timesteps <= T:
             raise ValueError(f"objective.num_ddim_timesteps must be in 1..{T}, found {num_ddim_timesteps}")
@@ -44,8 +44,7 @@ class ConsistencyDistillation:
             raise ValueError(f"objective.w_min must be <= objective.w_max, found {w_min} > {w_max}")
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"objective.ema_decay must be in [0, 1) or null, found {ema_decay}")
-        if student not in denoiser.adapters:
-            raise ValueError(f"objective.student={student!r} is not an adapter of the denoiser ({denoiser.adapters})")
+        add_student(denoiser, student, adapter)
         self.denoiser = denoiser
         self.optim = check_optim(optim, ["student"])
         self.grid = denoiser.schedule.ddim_grid(num_ddim_timesteps)
@@ -106,11 +105,12 @@ class ConsistencyDistillation:
     def trainable(self) -> dict[str, list[nn.Parameter]]:
         return {"student": self.denoiser.adapter_parameters(self.student)}
 
-    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-               guidance: float | None = None) -> Tensor:
-        """LCM multistep sampling on this objective's grid (4 of 50 steps: 999, 759, 519, 279)."""
-        return sample_consistency(self.denoiser, cond, shape, steps, generator, grid_steps=len(self.grid),
-                                  guidance=guidance, boundary=self.boundary, role=self.student)
+    def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
+        """LCM multistep sampling on this objective's grid (4 of 50 steps: 999, 759, 519, 279); the w
+        is kept only for a student with a guidance embedding (without one it reads none)."""
+        has_w = self.student in self.denoiser.guidance_embeddings
+        return Sampler("consistency", steps=steps, grid_steps=len(self.grid), guidance=guidance if has_w else None,
+                       boundary=self.boundary)
 
     # --- EMA target --------------------------------------------------------------------------
     def _add_ema_adapter(self) -> None:

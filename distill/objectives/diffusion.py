@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, check_optim, denoising_loss
+from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss
 from turbo.atomic import atomic_dir
 from turbo.denoiser import Denoiser
-from turbo.sampling import sample_teacher
+from turbo.sampling import Sampler
 from turbo.text import TextCond
 
 
@@ -53,13 +53,16 @@ class Diffusion:
     feeds_rewards = False  # plain denoising: no single-step student prediction for a reward to score
 
     def __init__(self, denoiser: Denoiser, train: str = "base", cond_dropout: float = 0.1,
-                 optim: dict | None = None, student: str = "student", ema: float = 0.0):
+                 optim: dict | None = None, student: str = "student", ema: float = 0.0, adapter: dict | None = None):
         if train not in ("base", "student"):
             raise ValueError(f"objective.train must be 'base' or 'student', found {train!r}")
         if not 0.0 <= cond_dropout < 1.0:
             raise ValueError(f"objective.cond_dropout must lie in [0, 1), found {cond_dropout}")
         self.denoiser = denoiser
         self.train_base = train == "base"
+        self.student = None if self.train_base else student  # train: base adds no adapter (it would go unused)
+        if self.student is not None:
+            add_student(denoiser, student, adapter)
         self.group = "model" if self.train_base else student
         self.role = "teacher" if self.train_base else student
         self.cond_dropout = cond_dropout
@@ -96,11 +99,10 @@ class Diffusion:
         if self.ema is not None:
             torch._foreach_lerp_(self.ema, [p.detach() for p in self._params], 1.0 - self.ema_decay)
 
-    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-               guidance: float | None = None) -> Tensor:
-        """The trained network with the plain DDIM / Euler sampler, no CFG (the loop's teacher samples
-        show it with CFG)."""
-        return sample_teacher(self.denoiser, cond, None, shape, steps, 1.0, generator, role=self.role)
+    def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
+        """A fine-tuned student (``train: student``) samples as its teacher does, with the plain DDIM /
+        Euler sampler and no CFG (the loop's teacher samples show CFG)."""
+        return Sampler("teacher", steps=steps, guidance_scale=1.0)
 
     def extra_state(self) -> dict[str, Tensor]:
         if not self.train_base:

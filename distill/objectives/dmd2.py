@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, check_optim, denoising_loss, noise_like
+from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss, noise_like
 from turbo.denoiser import Denoiser, Pred
-from turbo.sampling import backward_simulation, sample_fixed_steps
-from turbo.text import TextCond
+from turbo.sampling import Sampler, backward_simulation
 
 
 def dm_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:
@@ -98,8 +97,9 @@ class DMD2:
                  max_step_percent: float = 0.98, dfake_gen_update_ratio: int = 5,
                  denoising_timesteps: list[int] = (999,), backward_simulation: bool = True,
                  critic: dict | None = None, gan: dict | None = None, optim: dict | None = None,
-                 student: str = "student"):
+                 student: str = "student", adapter: dict | None = None):
         T = denoiser.schedule.num_train_timesteps
+        add_student(denoiser, student, adapter)
         self.denoiser = denoiser
         self.student = student
         self.guidance_scale = guidance_scale
@@ -245,10 +245,8 @@ class DMD2:
             self._features.append(output[0] if isinstance(output, tuple) else output)
 
     # --- sampling --------------------------------------------------------------------------------
-    def sample(self, cond: TextCond, shape: tuple[int, ...], steps: int, generator: torch.Generator,
-               guidance: float | None = None) -> Tensor:
-        """The fixed-timestep sampler on the trained list (another step count uses the schedule's
-        evenly spread timesteps). ``guidance`` is unused: DMD2 students take no w input."""
-        ts = self.timesteps if steps == len(self.timesteps) else \
-            self.denoiser.schedule.inference_timesteps(steps).tolist()
-        return sample_fixed_steps(self.denoiser, cond, shape, ts, generator, role=self.student)
+    def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
+        """The fixed-timestep sampler on the trained list (another step count takes evenly spread
+        timesteps). ``guidance`` is unused: DMD2 students take no w input."""
+        return Sampler("fixed", timesteps=tuple(self.timesteps)).with_steps(
+            steps, num_train_timesteps=self.denoiser.schedule.num_train_timesteps)

@@ -197,3 +197,31 @@ def test_t2v_turbo_v1_mixture_trains_and_logs_each_term(tmp_path, fake_checkpoin
     assert row["reward/hpsv2"] == pytest.approx(-1.0 * row["score/hpsv2"], rel=1e-5)
     assert row["reward/internvideo2"] == pytest.approx(-2.0 * row["score/internvideo2"], rel=1e-5)
     assert row["student/loss"] == pytest.approx(row["cd"] + row["reward/hpsv2"] + row["reward/internvideo2"], rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["cd", "dmd2", "w2s"])
+def test_generate_with_no_sampler_keys_reproduces_the_end_of_run_student(tmp_path, objective):
+    """Each objective writes student/sampler.json; turbo-generate lora=<run>/student reads it, so the
+    student samples as at the end of its run (same latents for the same prompt and seed)."""
+    from turbo.generate import load, sample_latents
+    from turbo.sampling import Sampler
+
+    extra = ["objective.denoising_timesteps=[999,499]", "reward=none"] if objective != "cd" else []
+    run = run_training(cfg_for(f"objective={objective}", "train.steps=2", *extra), tmp_path)
+    saved = Sampler.load(tmp_path / "student")
+    assert saved.name == {"cd": "consistency", "dmd2": "fixed", "w2s": "fixed"}[objective]
+    assert saved.num_steps == 2 and (saved.guidance == 2.0 if objective == "cd" else True)
+    end = list(train_mod.stages(run).values())[-1]
+    s, v = run.cfg.samples, run.cfg.video
+    prompt = s.prompts[0]
+    want = end.latents([prompt], v.num_frames, v.height, v.width, torch.Generator().manual_seed(s.seed))
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        gen_cfg = compose("generate", overrides=["model=tiny_wan", f"lora={tmp_path / 'student'}", "device=cpu"])
+    pipe = load(gen_cfg)
+    assert pipe.sampler == saved == end.sampler
+    got = sample_latents(pipe, gen_cfg, prompt, s.seed)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # and it is the student, not the teacher: the teacher's few-step sample differs
+    teacher = saved(pipe.denoiser, pipe.text([prompt]), None, pipe.vae.latent_shape(v.num_frames, v.height, v.width),
+                    torch.Generator().manual_seed(s.seed), "teacher")
+    assert (got - teacher).abs().max() > 1e-6

@@ -20,10 +20,12 @@ from safetensors import safe_open
 
 from turbo.lora import WEIGHTS, save_lora
 from turbo.pipeline import IMAGE_SEED_OFFSET, first_frames, t2i2v
-from turbo.sampling import sample_consistency, sample_fixed_steps, sample_teacher
+from turbo.sampling import Sampler, sample_consistency, sample_fixed_steps, sample_teacher
 from turbo.video import read_video, video_info
 
-FAST = ["sampler.teacher.steps=2", "sampler.consistency.steps=2"]
+FAST = ["sampler.teacher.steps=2"]
+# what a run would write beside a student's LoRA (student/sampler.json): each kind, 2 steps
+SAMPLERS = {"consistency": Sampler("consistency", steps=2, guidance=3.0), "fixed": Sampler("fixed", timesteps=(999, 499))}
 # the tiny Wan2.1-I2V teacher with its image conditioning (turbo/i2v.py): 4 mask channels, pixel-space
 # padding, CLIP image tokens; Wan's transformer splits text from image tokens assuming 512 text tokens
 I2V = ["model=tiny_wan_i2v", "++model.text_encoder.max_length=512",
@@ -36,8 +38,10 @@ def cfg_for(*overrides):
         return compose("generate", overrides=[*FAST, *overrides])
 
 
-def perturbed_student(model: str, folder: Path, guidance_embedding: bool = True, *overrides) -> Denoiser:
-    """A tiny denoiser of ``model`` with a random (non-zero) "student" LoRA, saved to ``folder``."""
+def perturbed_student(model: str, folder: Path, guidance_embedding: bool = True, *overrides,
+                      sampler: Sampler = SAMPLERS["consistency"]) -> Denoiser:
+    """A tiny denoiser of ``model`` with a random (non-zero) "student" LoRA, saved to ``folder`` with
+    ``sampler`` as its sampler.json."""
     m = cfg_for(f"model={model}", *overrides).model
     d = Denoiser(build(m.backbone, "b"), build(m.schedule, "s"), m.family, m.get("time_embedding_module"))
     d.add_adapter("student", rank=4, alpha=8, target_modules=list(m.lora_targets), guidance_embedding=guidance_embedding)
@@ -46,6 +50,7 @@ def perturbed_student(model: str, folder: Path, guidance_embedding: bool = True,
         for p in d.adapter_parameters("student"):
             p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     save_lora(d, "student", folder)
+    sampler.save(folder)
     return d
 
 
@@ -68,7 +73,8 @@ def test_prompts_times_seeds_videos_grid_and_index(tmp_path):
     assert [(r["file"], r["prompt"], r["seed"]) for r in rows] == [
         (p.name, pr, s) for p, (pr, s) in zip(paths, [(a, s) for a in ("a red circle moving right",
                                                                         "a blue square moving up") for s in (0, 7)])]
-    assert all(r["sampler"] == "teacher" and r["steps"] == 2 and r["lora"] is None and r["seconds"] > 0 for r in rows)
+    assert all(r["sampler"]["name"] == "teacher" and r["steps"] == 2 and r["lora"] is None and r["seconds"] > 0
+               for r in rows)
 
 
 def test_prompt_file_one_per_line(tmp_path):
@@ -90,9 +96,10 @@ def test_same_seed_same_video(tmp_path):
 @pytest.mark.parametrize("sampler", ["consistency", "fixed"])
 def test_student_lora_loads_and_samples_as_the_in_memory_student(student, sampler):
     d, folder = student
-    cfg = cfg_for(f"lora={folder}", f"sampler.name={sampler}", "sampler.consistency.guidance=3.0",
-                  "sampler.fixed.timesteps=[999,499]")
+    SAMPLERS[sampler].save(folder)  # no sampler keys: the student samples as its sampler.json says
+    cfg = cfg_for(f"lora={folder}")
     pipe = load(cfg)
+    assert pipe.sampler == SAMPLERS[sampler]
     assert pipe.role == "student" and "student" in pipe.denoiser.guidance_embeddings
     prompt, seed = "a blue square moving up", 5
     got = sample_latents(pipe, cfg, prompt, seed)
@@ -115,10 +122,13 @@ def test_student_lora_loads_and_samples_as_the_in_memory_student(student, sample
 @pytest.mark.parametrize("sampler", ["teacher", "consistency", "fixed"])
 def test_every_sampler_runs_with_a_student(student, sampler, tmp_path):
     _, folder = student
-    paths = generate(cfg_for(f"lora={folder}", f"sampler.name={sampler}", "prompts=[a red circle]"), tmp_path)
+    if sampler != "teacher":
+        SAMPLERS[sampler].save(folder)
+    name = "teacher" if sampler == "teacher" else "auto"
+    paths = generate(cfg_for(f"lora={folder}", f"sampler.name={name}", "prompts=[a red circle]"), tmp_path)
     assert video_info(paths[0]).frames == 9
     row = json.loads((tmp_path / "prompts.jsonl").read_text())
-    assert row["sampler"] == sampler and row["steps"] == {"teacher": 2, "consistency": 2, "fixed": 4}[sampler]
+    assert row["sampler"]["name"] == sampler and row["steps"] == 2
     assert row["lora"] == str(folder)
 
 
@@ -145,6 +155,7 @@ def test_student_without_guidance_embedding(tmp_path):
     (["long.windows=2", "sampler.teacher.grid=diffusers"], ConfigError, "set sampler.teacher.grid=index"),
     (["mode=v2v"], ConfigError, "mode='v2v'"),
     (["sampler.name=euler_a"], ConfigError, "sampler.name='euler_a'"),
+    (["sampler.steps=2"], ConfigError, "sampler.steps=2 overrides a student's own sampler"),
     (["video.num_frames=8"], ValueError, "video.num_frames must be 1 \\+ 4k"),
     (["video.height=30"], ValueError, "video.height and video.width must be multiples of 8"),
     (["lora=/nonexistent/student"], FileNotFoundError, "lora=/nonexistent/student: no such folder"),
@@ -189,7 +200,7 @@ def _cli(args, cwd):
 @pytest.mark.slow
 def test_cli_runs_and_errors_are_one_line(tmp_path, student):
     _, folder = student
-    r = _cli([f"hydra.run.dir={tmp_path}/run", f"lora={folder}", "sampler.name=consistency", *FAST], tmp_path)
+    r = _cli([f"hydra.run.dir={tmp_path}/run", f"lora={folder}", *FAST], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(list((tmp_path / "run").glob("*.mp4"))) == 2 and (tmp_path / "run" / "grid.png").is_file()
     unet = tmp_path / "unet_student"
@@ -202,8 +213,8 @@ def test_cli_runs_and_errors_are_one_line(tmp_path, student):
 
 def test_long_videos_stream_windows_into_one_mp4(tmp_path, student):
     _, folder = student
-    cfg = cfg_for(f"lora={folder}", "sampler.name=fixed", "sampler.fixed.timesteps=[999,499]", "long.windows=3",
-                  "long.overlap=1", "prompts=[a red circle moving right]")
+    SAMPLERS["fixed"].save(folder)
+    cfg = cfg_for(f"lora={folder}", "long.windows=3", "long.overlap=1", "prompts=[a red circle moving right]")
     (path,) = generate(cfg, tmp_path)
     # 9 frames for the first window, then 8 new ones per window (the overlap's one frame is skipped)
     assert video_info(path).frames == 9 + 2 * 8
@@ -212,9 +223,9 @@ def test_long_videos_stream_windows_into_one_mp4(tmp_path, student):
 
 def test_merged_lora_samples_like_the_kept_lora(tmp_path, student):
     _, folder = student
-    kept = sample_latents(load(cfg_for(f"lora={folder}", "sampler.name=consistency")), cfg_for(
-        "sampler.name=consistency"), "a red circle moving right", 3)
-    cfg = cfg_for(f"lora={folder}", "sampler.name=consistency", "inference.merge_lora=true")
+    SAMPLERS["consistency"].save(folder)
+    kept = sample_latents(load(cfg_for(f"lora={folder}")), cfg_for(), "a red circle moving right", 3)
+    cfg = cfg_for(f"lora={folder}", "inference.merge_lora=true")
     merged = sample_latents(load(cfg), cfg, "a red circle moving right", 3)
     torch.testing.assert_close(merged, kept, rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="inference.merge_lora"):
@@ -224,7 +235,7 @@ def test_merged_lora_samples_like_the_kept_lora(tmp_path, student):
 def test_int8_generation_runs(tmp_path, student):
     pytest.importorskip("optimum.quanto")
     _, folder = student
-    cfg = cfg_for(f"lora={folder}", "sampler.name=consistency", "inference.merge_lora=true", "inference.quantize=int8",
+    cfg = cfg_for(f"lora={folder}", "inference.merge_lora=true", "inference.quantize=int8",
                   "prompts=[a blue square moving up]")
     (path,) = generate(cfg, tmp_path)
     assert video_info(path).frames == 9
@@ -271,8 +282,9 @@ def test_t2i2v_is_the_image_stage_then_the_i2v_stage(tmp_path):
         info = video_info(p)
         assert (info.frames, info.height, info.width, info.fps) == (9, 32, 32, 4)
     rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
-    assert rows[0]["mode"] == "t2i2v" and rows[0]["image_stage"] == {"model": "tiny_sd15", "sampler": "teacher",
-                                                                      "steps": 2, "lora": None}
+    assert rows[0]["mode"] == "t2i2v" and rows[0]["image_stage"] == {
+        "model": "tiny_sd15", "sampler": {"name": "teacher", "steps": 2, "guidance_scale": 7.5, "grid": "index"},
+        "steps": 2, "lora": None}
     video_stage, image_stage = load(cfg), load_image_stage(cfg)
     assert image_stage.denoiser.family == "unet2d" and video_stage.i2v is not None
     prompt, seed = "a blue square moving up", 3
@@ -291,11 +303,10 @@ def test_t2i2v_is_the_image_stage_then_the_i2v_stage(tmp_path):
 
 def test_t2i2v_image_stage_can_be_a_student_or_a_one_frame_video_model(tmp_path):
     folder = tmp_path / "t2i_student"
-    perturbed_student("tiny_sd15", folder, False)
+    perturbed_student("tiny_sd15", folder, False, sampler=SAMPLERS["fixed"])
     base = [*I2V, "mode=t2i2v", "image_stage.sampler.teacher.steps=2"]
     teacher = load_image_stage(cfg_for(*base))
-    student = load_image_stage(cfg_for(*base, f"image_stage.lora={folder}", "image_stage.sampler.name=fixed",
-                                       "image_stage.sampler.fixed.timesteps=[999,499]"))
+    student = load_image_stage(cfg_for(*base, f"image_stage.lora={folder}"))
     assert student.role == "student" and student.sampler.timesteps == (999, 499)
     a = first_frames(teacher, ["a red circle"], 32, 32, 0)
     b = first_frames(student, ["a red circle"], 32, 32, 0)

@@ -12,12 +12,12 @@ import torch
 from turbo.denoiser import Denoiser
 from turbo.long_video import generate_long, total_pixel_frames, window_latents
 from turbo.models import tiny_text_encoder, tiny_wan, tiny_wan_vae
-from turbo.sampling import sample_fixed_steps
+from turbo.sampling import Sampler, sample_fixed_steps
 from turbo.schedule import FlowSchedule
 from turbo.video import VideoWriter, video_info
 
-SETTINGS = {"teacher": {"steps": 2, "guidance_scale": 4.0}, "consistency": {"steps": 2},
-            "fixed": {"timesteps": (999, 499)}}
+SAMPLERS = {"teacher": Sampler("teacher", steps=2, guidance_scale=4.0), "consistency": Sampler("consistency", steps=2),
+            "fixed": Sampler("fixed", timesteps=(999, 499))}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,7 @@ def test_next_window_starts_with_the_end_of_the_last_one(models, sampler, overla
     d, _, cond, uncond = models
     role = "teacher" if sampler == "teacher" else "student"
     wins = list(window_latents(d, cond, uncond, (4, 4), window_latent_frames=4, overlap=overlap, num_windows=3,
-                               sampler=sampler, generator=torch.Generator().manual_seed(0), role=role,
-                               **SETTINGS[sampler]))
+                               sampler=SAMPLERS[sampler], generator=torch.Generator().manual_seed(0), role=role))
     assert [tuple(w.shape) for w in wins] == [(1, 16, 4, 4, 4)] * 3
     for a, b in zip(wins, wins[1:]):
         assert torch.equal(b[:, :, :overlap], a[:, :, -overlap:])
@@ -54,7 +53,7 @@ def test_the_known_frames_are_renoised_at_every_step(models):
     d.forward = lambda x, t, c, **kw: (seen.append(x.clone()), real(x, t, c, **kw))[1]
     try:
         wins = list(window_latents(d, cond, None, (4, 4), window_latent_frames=3, overlap=1, num_windows=2,
-                                   sampler="fixed", timesteps=(999, 499), generator=torch.Generator().manual_seed(0)))
+                                   sampler=SAMPLERS["fixed"], generator=torch.Generator().manual_seed(0)))
     finally:
         del d.forward
     known = wins[0][:, :, -1:]
@@ -71,7 +70,7 @@ def test_frames_written_match_the_formula_and_the_file(models, tmp_path, overlap
     path = tmp_path / "long.mp4"
     with VideoWriter(path) as w:
         n = generate_long(d, vae, cond, None, window_latent_frames=3, overlap=overlap, num_windows=windows,
-                          sampler="fixed", timesteps=(999,), generator=torch.Generator().manual_seed(0), writer=w,
+                          sampler=Sampler("fixed", timesteps=(999,)), generator=torch.Generator().manual_seed(0), writer=w,
                           height=32, width=32)
     # causal VAE: a window of 3 latents is 9 pixel frames; `overlap` latents cover 1 + 4 (overlap - 1)
     expected = {(0, 2): 9 + 9, (1, 3): 9 + 2 * 8, (2, 2): 9 + 4}[(overlap, windows)]
@@ -81,9 +80,8 @@ def test_frames_written_match_the_formula_and_the_file(models, tmp_path, overlap
 
 def test_bad_window_settings(models, tmp_path):
     d, vae, cond, _ = models
-    for kw, match in [({"overlap": 3}, "overlap"), ({"num_windows": 0}, "num_windows"),
-                      ({"sampler": "euler"}, "sampler")]:
-        args = {"window_latent_frames": 3, "overlap": 1, "num_windows": 2, "sampler": "fixed", **kw}
+    for kw, match in [({"overlap": 3}, "overlap"), ({"num_windows": 0}, "num_windows")]:
+        args = {"window_latent_frames": 3, "overlap": 1, "num_windows": 2, "sampler": SAMPLERS["fixed"], **kw}
         with pytest.raises(ValueError, match=match), VideoWriter(tmp_path / "x.mp4") as w:
             generate_long(d, vae, cond, None, generator=torch.Generator(), writer=w, height=32, width=32, **args)
 
