@@ -85,9 +85,6 @@ class Denoiser(nn.Module):
         self.family = family
         self.time_embedding_module = time_embedding_module
         self.guidance_embeddings = nn.ModuleDict()  # role name -> GuidanceEmbedding
-        self._guidance: Tensor | None = None  # w for the forward in flight (read by the hook)
-        self._active_guidance: GuidanceEmbedding | None = None
-        self._hook = None
         self._layers_cache: list[BaseTunerLayer] | None = None
         self.merged: str | None = None  # set by turbo.inference.merge_lora
 
@@ -118,7 +115,6 @@ class Denoiser(nn.Module):
         self.backbone.peft_config = {**(getattr(self.backbone, "peft_config", None) or {}), name: config}
         if guidance_embedding:
             self.guidance_embeddings[name] = GuidanceEmbedding(self._time_features_dim())
-            self._install_hook()
         self._layers_cache = None  # new LoRA layers may have been injected
         self._set_active(None)  # adding an adapter activates it in peft; the default role is the teacher
         for p, flag in before.items():
@@ -151,14 +147,16 @@ class Denoiser(nn.Module):
         """Run the backbone as ``role``: "teacher", an adapter name, or {adapter: weight, ...}."""
         weights = self._role_weights(role)
         self._set_active(weights)
-        names = [role] if isinstance(role, str) else list(weights)
-        guided = [n for n in names if n in self.guidance_embeddings]
-        self._active_guidance = self.guidance_embeddings[guided[0]] if guided else None
         try:
             yield
         finally:
             self._set_active(None)
-            self._active_guidance = None
+
+    def _guidance_embedding(self, role: Role) -> GuidanceEmbedding | None:
+        """The guidance embedding of ``role`` (its first adapter that has one), or None."""
+        names = [role] if isinstance(role, str) else list(role)
+        guided = [n for n in names if n in self.guidance_embeddings]
+        return self.guidance_embeddings[guided[0]] if guided else None
 
     def _role_weights(self, role: Role) -> dict[str, float]:
         if self.merged is not None:  # turbo.inference.merge_lora folded this role into the base
@@ -207,58 +205,62 @@ class Denoiser(nn.Module):
                              f"to read the guidance embedding")
         return first
 
-    def _install_hook(self) -> None:
-        if self._hook is None:
-            self._hook = self._time_embed_module().register_forward_pre_hook(self._add_guidance, with_kwargs=True)
+    @contextmanager
+    def _guidance_input(self, embedding: GuidanceEmbedding | None, w: Tensor | None) -> Iterator[None]:
+        """For one call: add ``embedding(w)`` to the time embedder's input features (before its MLP).
+        None of diffusers' video transformers takes such an input (only the UNets' ``timestep_cond``
+        does), so a forward pre-hook bound to this call's ``w`` is registered and removed around it;
+        the Denoiser holds no per-call state."""
+        if embedding is None or w is None:
+            yield
+            return
 
-    def _add_guidance(self, module: nn.Module, args: tuple, kwargs: dict):
-        """Add the active role's w embedding to the time embedder's input features (before its MLP)."""
-        if self._active_guidance is None or self._guidance is None:
-            return None
-        sample = args[0] if args else kwargs["sample"]
-        w = self._guidance
-        if sample.shape[0] != w.shape[0]:  # image families fold frames into the batch: B*F rows, w has B
-            w = w.repeat_interleave(sample.shape[0] // w.shape[0])
-        sample = sample + self._active_guidance(w.to(sample.device)).to(sample.dtype)
-        if args:
-            return (sample, *args[1:]), kwargs
-        return args, {**kwargs, "sample": sample}
+        def add(module: nn.Module, args: tuple, kwargs: dict):
+            sample = args[0] if args else kwargs["sample"]
+            rows = w if sample.shape[0] == w.shape[0] else w.repeat_interleave(sample.shape[0] // w.shape[0])
+            sample = sample + embedding(rows.to(sample.device)).to(sample.dtype)  # image families: B*F rows
+            return ((sample, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": sample})
+
+        handle = self._time_embed_module().register_forward_pre_hook(add, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     # --- forward -----------------------------------------------------------------------------
-    def raw(self, x_t: Tensor, t: Tensor, cond: TextCond) -> Tensor:
-        """The backbone's raw output in the active role."""
-        tm = self.schedule.model_timestep(t).to(x_t.device)
+    def raw(self, x_t: Tensor, t: Tensor, cond: TextCond, schedule: Schedule | None = None) -> Tensor:
+        """The backbone's raw output in the active role (``t``: indices of ``schedule``, default ours)."""
+        tm = (schedule or self.schedule).model_timestep(t).to(x_t.device)
         return self.spec.call(self.backbone, x_t, tm, cond)
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: TextCond, *, role: Role = "teacher",
-                guidance: Tensor | None = None) -> Pred:
+                guidance: Tensor | None = None, schedule: Schedule | None = None) -> Pred:
         """Predict at (x_t, t). ``guidance``: B guidance scales fed to the role's guidance
-        embedding (ignored by roles without one)."""
+        embedding (ignored by roles without one). ``schedule``: the one ``t`` indexes (a sampling
+        plan's ``GridSchedule``); default the denoiser's own."""
+        schedule = schedule or self.schedule
         t = _batch_t(t, x_t)
-        self._guidance = guidance
-        try:
-            with self.role(role):
-                out = self.raw(x_t, t, cond)
-        finally:
-            self._guidance = None
-        x0, eps = self.schedule.to_x0_eps(out, x_t, t)
+        with self.role(role), self._guidance_input(self._guidance_embedding(role), guidance):
+            out = self.raw(x_t, t, cond, schedule)
+        x0, eps = schedule.to_x0_eps(out, x_t, t)
         return Pred(out, x0, eps)
 
     def cfg(self, x_t: Tensor, t: Tensor | int, cond: TextCond, uncond: TextCond, scale: Tensor | float,
-            *, role: Role = "teacher", guidance: Tensor | None = None) -> Pred:
+            *, role: Role = "teacher", guidance: Tensor | None = None, schedule: Schedule | None = None) -> Pred:
         """Classifier-free guidance, Imagen form ``u + scale * (c - u)`` on the raw output (hence on
         x0 and eps, which are linear in it). LCM's ``x0_c + w (x0_c - x0_u)`` is ``scale = 1 + w``.
         Conditional and unconditional halves run as one batch."""
         if isinstance(scale, (int, float)) and scale == 1.0:  # no guidance: skip the unconditional half
-            return self(x_t, t, cond, role=role, guidance=guidance)
+            return self(x_t, t, cond, role=role, guidance=guidance, schedule=schedule)
+        schedule = schedule or self.schedule
         t = _batch_t(t, x_t)
         both = self(torch.cat([x_t, x_t]), torch.cat([t, t]), TextCond.cat([uncond, cond]), role=role,
-                    guidance=None if guidance is None else torch.cat([guidance, guidance]))
+                    guidance=None if guidance is None else torch.cat([guidance, guidance]), schedule=schedule)
         u, c = both.out.chunk(2)
         scale = torch.as_tensor(scale, dtype=x_t.dtype, device=x_t.device)
         scale = scale.reshape(-1, *([1] * (x_t.ndim - 1))) if scale.ndim else scale
         out = u + scale * (c - u)
-        x0, eps = self.schedule.to_x0_eps(out, x_t, t)
+        x0, eps = schedule.to_x0_eps(out, x_t, t)
         return Pred(out, x0, eps)
 
 

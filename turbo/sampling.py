@@ -27,8 +27,7 @@ Without it (the default) the samplers are unchanged, down to their random draws.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch
 from torch import Tensor
 
 from turbo.denoiser import Denoiser, Role
-from turbo.schedule import GRIDS, ConsistencyBoundary, SamplingPlan, Schedule, lcm_timesteps
+from turbo.schedule import GRIDS, ConsistencyBoundary, SamplingPlan, lcm_timesteps
 from turbo.text import TextCond
 from turbo.timing import cfg_nfe
 
@@ -51,18 +50,6 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
     return torch.randn(shape, generator=generator).to(device)
 
 
-@contextmanager
-def _on_schedule(denoiser: Denoiser, schedule: Schedule) -> Iterator[None]:
-    """Run ``denoiser`` on ``schedule`` (a plan's ``GridSchedule``) for the duration: its timestep
-    indices then address the plan's points, in the network's input and in every conversion."""
-    own = denoiser.schedule
-    denoiser.schedule = schedule
-    try:
-        yield
-    finally:
-        denoiser.schedule = own
-
-
 @torch.no_grad()
 def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
                    steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher",
@@ -70,20 +57,20 @@ def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, 
     """DDIM / Euler sampling with Imagen-form CFG (``guidance_scale`` 1 or ``uncond=None``: no CFG).
     ``shape`` = C,F,H,W of one latent; batch size = len(cond). ``grid``: "index", "diffusers"
     (``Schedule.sampling_plan``) or a ready ``SamplingPlan`` of ``steps`` steps (e.g.
-    ``turbo.schedule.ddim_plan(..., spacing="trailing")``); ``after_step`` gets indices of the plan's
-    schedule, which is ``denoiser.schedule`` while the hook runs."""
+    ``turbo.schedule.ddim_plan(..., spacing="trailing")``); the network runs on the plan's schedule
+    (passed to each call, the denoiser is not changed), and ``after_step`` gets indices of it (on the
+    "index" grid: of ``denoiser.schedule`` itself)."""
     plan = grid if isinstance(grid, SamplingPlan) else denoiser.schedule.sampling_plan(steps, grid)
     if len(plan.timesteps) != steps:
         raise ValueError(f"the sampling plan has {len(plan.timesteps)} steps, but steps={steps}")
     x = initial_noise((len(cond), *shape), generator, cond.embeds.device)
-    with _on_schedule(denoiser, plan.schedule):
-        x = _hook(after_step, x, plan.timesteps[0])
-        for t, t_prev in zip(plan.timesteps, plan.targets):
-            if uncond is None or guidance_scale == 1.0:
-                pred = denoiser(x, t, cond, role=role)
-            else:
-                pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role)
-            x = _hook(after_step, plan.schedule.ddim_step(pred.x0, pred.eps, t_prev), t_prev)
+    x = _hook(after_step, x, plan.timesteps[0])
+    for t, t_prev in zip(plan.timesteps, plan.targets):
+        if uncond is None or guidance_scale == 1.0:
+            pred = denoiser(x, t, cond, role=role, schedule=plan.schedule)
+        else:
+            pred = denoiser.cfg(x, t, cond, uncond, guidance_scale, role=role, schedule=plan.schedule)
+        x = _hook(after_step, plan.schedule.ddim_step(pred.x0, pred.eps, t_prev), t_prev)
     return x
 
 

@@ -146,7 +146,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora_parity")
     run_training(train_cfg("student.guidance_embedding=false", "student.alpha=4", "train.steps=2", "reward=none",
                            "objective.optim.student.lr=1e-2"), tmp / "run")
-    sampler = [f"sampler.teacher.steps={STEPS}", "sampler.teacher.grid=diffusers",
+    sampler = ["sampler.name=teacher", f"sampler.teacher.steps={STEPS}", "sampler.teacher.grid=diffusers",
                f"sampler.teacher.guidance_scale={SCALE}"]
     with initialize_config_module(config_module="conf", version_base="1.3"):
         student_cfg = compose("generate", overrides=[f"lora={tmp / 'run' / 'student'}", *sampler])

@@ -70,10 +70,10 @@ def test_consistency_sampler_steps_and_boundary():
     assert not torch.allclose(out4, one)
 
 
-def test_diffusers_grid_runs_on_its_own_points_and_restores_the_schedule():
+def test_diffusers_grid_runs_on_its_own_points_without_swapping_the_schedule():
     """On the continuous grid the denoiser runs on the plan's GridSchedule (network timesteps
-    T * sigma of diffusers' FlowMatchEuler grid), the hook sees that schedule, and the model's own
-    schedule is back afterwards."""
+    T * sigma of diffusers' FlowMatchEuler grid), passed to each call; the hook gets indices of that
+    schedule, and the model's own schedule is never replaced, not even while the loop runs."""
     d, shape = _setup("wan")
     own = d.schedule
     cond = tiny_text_encoder(seed=0)(["a red circle moving left"])
@@ -82,12 +82,15 @@ def test_diffusers_grid_runs_on_its_own_points_and_restores_the_schedule():
     fed, hooked = [], []
     real_call = d.spec.call
     d.spec = dataclasses.replace(d.spec, call=lambda b, x, t, c: (fed.append(t[0].item()), real_call(b, x, t, c))[1])
-    hook = lambda x, t: (hooked.append((t, d.schedule.sigmas[t].item() if t is not None else 0.0)), x)[1]
+    plan = own.sampling_plan(3, "diffusers")
+    hook = lambda x, t: (hooked.append((t, plan.schedule.sigmas[t].item() if t is not None else 0.0,
+                                        d.schedule is own)), x)[1]
     out = sample_teacher(d, cond, None, shape, 3, 1.0, torch.Generator().manual_seed(0), grid="diffusers",
                          after_step=hook)
     assert fed == pytest.approx(ref.timesteps.tolist(), rel=1e-6)
-    assert [t for t, _ in hooked] == [0, 1, 2, None]
-    assert [s for _, s in hooked] == pytest.approx([*ref.sigmas[:3].tolist(), 0.0], rel=1e-6)
+    assert [t for t, _, _ in hooked] == [0, 1, 2, None]
+    assert [s for _, s, _ in hooked] == pytest.approx([*ref.sigmas[:3].tolist(), 0.0], rel=1e-6)
+    assert all(same for _, _, same in hooked)
     assert d.schedule is own and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="the sampling plan has 3 steps, but steps=4"):
         sample_teacher(d, cond, None, shape, 4, 1.0, torch.Generator(), grid=own.sampling_plan(3))
