@@ -240,3 +240,61 @@ def test_dm_direction_converts_both_scores_to_x0_in_float64():
     in_float32 = dm_gradient(x, schedule.to_x0(out_real, x_t, t), schedule.to_x0(out_fake, x_t, t))
     err = lambda y: float(((y.double() - exact).abs().max() / exact.abs().max()))  # noqa: E731
     assert err(ours) < 1e-7 and 10 * err(ours) < err(in_float32)
+
+
+def test_w2s_ground_truth_term_is_the_critics_flow_loss_on_the_batchs_real_latents():
+    """critic/gt written out by hand for the flow schedule: x_t = (1 - s) x0 + s eps, target the
+    velocity eps - x0, on the batch's *real* latents; the same formula on other latents differs."""
+    d, shape = _denoiser()
+    obj = W2S(d, gt_weight=0.5)
+    _perturb(d.adapter_parameters("critic"), 3)
+    batch = _batch(shape)
+    got = obj.critic_loss(batch, 0, torch.Generator().manual_seed(0)).terms["critic/gt"]
+    # replay the generator: DMD2's own critic terms draw first, then the ground-truth term
+    gen = torch.Generator().manual_seed(0)
+    DMD2.critic_loss(obj, batch, 0, gen)
+
+    def by_hand(x0, gen):
+        t = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        s = d.schedule.sigmas[t].float().view(-1, 1, 1, 1, 1)
+        out = d(((1 - s) * x0 + s * eps), t, batch.cond, role="critic").out
+        return 0.5 * ((out - (eps - x0)) ** 2).mean()
+
+    state = gen.get_state()
+    torch.testing.assert_close(got, by_hand(batch.latents, gen), rtol=1e-5, atol=1e-7)
+    gen.set_state(state)
+    other = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(99))
+    assert (by_hand(other, gen) - got).abs() > 1e-3 * got.abs()
+
+
+def _logits(obj, x, batch, seed):
+    return obj.discriminate(x, batch, torch.Generator().manual_seed(seed))
+
+
+def test_gan_gradients_point_the_right_way():
+    """A small step along minus the gradient of gan/generator raises D(fake) for the same noise;
+    a step of the head along minus gan/critic raises D(real) - D(fake)."""
+    d, shape = _denoiser()
+    obj = DMD2(d, gan={"enabled": True, "gen_weight": 1.0, "critic_weight": 1.0})
+    _perturb(d.adapter_parameters("student"), 4)
+    batch = _batch(shape)
+    # generator: its sample moves to where the discriminator says "real"
+    x, _ = obj.generate(batch, torch.Generator().manual_seed(1))
+    x = x.detach().requires_grad_(True)
+    loss = gan_generator_loss(_logits(obj, x, batch, 2))
+    (g,) = torch.autograd.grad(loss, x)
+    before = _logits(obj, x.detach(), batch, 2).mean()
+    after = _logits(obj, (x - 0.05 * g / g.norm()).detach(), batch, 2).mean()
+    assert after > before
+    # critic (the head): real up, fake down
+    fake = x.detach()
+    margin = lambda: (_logits(obj, batch.latents, batch, 3) - _logits(obj, fake, batch, 4)).mean()
+    loss = gan_critic_loss(_logits(obj, batch.latents, batch, 3), _logits(obj, fake, batch, 4))
+    head = list(obj.head.parameters())
+    grads = torch.autograd.grad(loss, head)
+    m0 = margin().item()
+    with torch.no_grad():
+        for p, g in zip(head, grads):
+            p.sub_(0.05 * g)
+    assert margin().item() > m0
