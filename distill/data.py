@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as nnf
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from turbo.toy.split import training_specs
 from turbo.toy.world import ToyWorld
-from turbo.video import VideoReadError, read_video
+from turbo.video import VideoReadError, read_video, resize_cover_crop
 
 __all__ = ["BadItemError", "PromptDataset", "ToyVideoDataset", "VideoFolderDataset", "collate", "draw_items",
            "drop_empty_captions"]
@@ -189,7 +187,7 @@ class VideoFolderDataset(Dataset):
         if video.shape[0] < self.num_frames:
             found = video.shape[0]
             raise BadItemError(f"{path}: expected at least {self.num_frames} frames (video.num_frames), found {found}")
-        return {"prompt": caption, "video": resize_center_crop(video, self.height, self.width)}
+        return {"prompt": caption, "video": resize_cover_crop(video, self.height, self.width)}
 
     def verify(self) -> None:
         """``data.verify=true``: decode every listed file before training; one error listing the bad ones."""
@@ -203,24 +201,6 @@ class VideoFolderDataset(Dataset):
             first = next(iter(bad.values()))
             raise ValueError(f"data.verify: {len(bad)} of {len(self.items)} videos are unusable: {', '.join(bad)} "
                              f"(the first: {first})")
-
-
-def resize_center_crop(video: Tensor, height: int, width: int) -> Tensor:
-    """Scale ``F,3,H,W`` (float, [0, 1]) so it covers ``height x width``, then crop the centre.
-
-    The aspect ratio is kept: the side that is shorter relative to the target
-    is resized to it (bilinear, antialiased so downscaling does not alias) and
-    the other side is center-cropped. Returns ``F,3,height,width`` in [0, 1].
-    """
-    in_h, in_w = video.shape[-2:]
-    scale = max(height / in_h, width / in_w)
-    # max(): rounding must never leave the resized side a pixel short of the crop.
-    new_h, new_w = max(height, round(in_h * scale)), max(width, round(in_w * scale))
-    if (new_h, new_w) != (in_h, in_w):
-        video = nnf.interpolate(video, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        video = video.clamp_(0, 1)  # the antialias kernel can overshoot by a rounding error
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    return video[..., top : top + height, left : left + width].contiguous()
 
 
 class PromptDataset(Dataset):

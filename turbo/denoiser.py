@@ -12,13 +12,13 @@ which would let a role switch inside a loss silently change what an optimizer tr
 
 from __future__ import annotations
 
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Union
 
 import torch
+from diffusers.models.embeddings import get_timestep_embedding
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
@@ -41,11 +41,9 @@ class Pred:
 
 def guidance_features(w: Tensor, dim: int = 256) -> Tensor:
     """Sinusoidal embedding of ``w * 1000`` (LCM / T2V-Turbo w-conditioning): B -> B,dim,
-    [sin | cos] halves with frequencies ``10000^(-i / (dim/2 - 1))``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1))
-    args = (w.float() * 1000.0)[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=1)
+    [sin | cos] halves with frequencies ``10000^(-i / (dim/2 - 1))``: diffusers' timestep
+    embedding with ``downscale_freq_shift=1`` (LCM's ``get_guidance_scale_embedding``)."""
+    return get_timestep_embedding(w.float() * 1000.0, dim, flip_sin_to_cos=False, downscale_freq_shift=1)
 
 
 class GuidanceEmbedding(nn.Module):

@@ -31,13 +31,13 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from turbo.config import ConfigError, build
 from turbo.text import TextCond
 from turbo.vae import VideoVAE
+from turbo.video import resize_cover_crop
 
 I2V_KEYS = {"mask_channels", "order", "pad", "image_encoder"}
 ORDERS = ("mask_first", "latent_first")
@@ -70,7 +70,7 @@ class ClipImageEncoder(nn.Module):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """B,3,H,W in [0, 1] -> B,3,S,S normalised pixels (S = ``image_size``)."""
-        x = resize_crop(images.float(), self.image_size, self.image_size, mode="bicubic").clamp(0, 1)
+        x = resize_cover_crop(images.float(), self.image_size, self.image_size, mode="bicubic")
         return (x - self.mean) / self.std
 
     @torch.no_grad()
@@ -116,18 +116,6 @@ def load_image_encoder(path: str, key: str = "model.i2v.image_encoder.path") -> 
 
 
 # --- images ----------------------------------------------------------------------------------------
-def resize_crop(images: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
-    """B,3,H,W -> B,3,height,width: scale so the image covers the target (aspect kept), then crop
-    the centre."""
-    h, w = images.shape[-2:]
-    scale = max(height / h, width / w)
-    size = (max(height, round(h * scale)), max(width, round(w * scale)))
-    if size != (h, w):
-        images = F.interpolate(images, size=size, mode=mode, antialias=True, align_corners=False)
-    top, left = (size[0] - height) // 2, (size[1] - width) // 2
-    return images[..., top:top + height, left:left + width]
-
-
 def load_image(path: str | Path, height: int, width: int, key: str = "image") -> Tensor:
     """An image file -> 3,height,width float32 in [0, 1] (RGB, resized to cover and centre-cropped)."""
     from PIL import Image, UnidentifiedImageError
@@ -142,7 +130,7 @@ def load_image(path: str | Path, height: int, width: int, key: str = "image") ->
         raise ValueError(f"{key}={path}: cannot be read as an image ({e})") from None
     x = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(rgb.height, rgb.width, 3)
     x = x.permute(2, 0, 1).float().div(255).unsqueeze(0)
-    return resize_crop(x, height, width).clamp(0, 1)[0]
+    return resize_cover_crop(x, height, width)[0]
 
 
 # --- the conditioner -----------------------------------------------------------------------------
@@ -254,5 +242,5 @@ def build_i2v(node: DictConfig | None, vae: VideoVAE, backbone: nn.Module | None
     return cond.to(tensors[0].device) if tensors else cond
 
 
-__all__ = ["ClipImageEncoder", "ImageConditioner", "build_i2v", "load_image", "load_image_encoder", "resize_crop",
+__all__ = ["ClipImageEncoder", "ImageConditioner", "build_i2v", "load_image", "load_image_encoder",
            "tiny_clip_vision"]

@@ -24,6 +24,23 @@ from torch import Tensor
 
 from turbo.atomic import umask_mode
 
+
+def resize_cover_crop(frames: Tensor, height: int, width: int, mode: str = "bilinear") -> Tensor:
+    """``...,3,H,W`` float frames in [0, 1] -> ``...,3,height,width``: resized (antialiased, aspect
+    kept) so they cover the target, then centre-cropped, with torchvision's v2 functional ops. The
+    one resize of turbo's inputs (training videos, I2V first frames, image-encoder inputs)."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = frames.shape[-2:]
+    scale = max(height / h, width / w)
+    # max(): rounding must never leave the resized side a pixel short of the crop
+    size = [max(height, round(h * scale)), max(width, round(w * scale))]
+    if size != [h, w]:
+        frames = TF.resize(frames, size, interpolation=InterpolationMode(mode), antialias=True)
+        frames = frames.clamp(0, 1)  # the antialias kernel can overshoot by a rounding error
+    return TF.center_crop(frames, [height, width]).contiguous()
+
 __all__ = ["VideoInfo", "VideoReadError", "VideoWriter", "read_video", "video_info", "write_video"]
 
 

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from distill.data import PromptDataset, ToyVideoDataset, VideoFolderDataset, collate, resize_center_crop
+from distill.data import PromptDataset, ToyVideoDataset, VideoFolderDataset, collate
+from turbo.video import resize_cover_crop
 from turbo.toy.world import ToyWorld, parse_caption
 from turbo.video import VideoReadError, write_video
 
@@ -121,9 +122,9 @@ def test_video_folder_construction_errors(tmp_path):
 def test_resize_center_crop_closed_forms():
     ramp = torch.linspace(0, 1, 8).view(1, 1, 1, 8).expand(2, 3, 4, 8)
     # Same scale (height fits): the centre 4 columns are cut out unchanged.
-    assert torch.equal(resize_center_crop(ramp, 4, 4), ramp[..., 2:6])
+    assert torch.equal(resize_cover_crop(ramp, 4, 4), ramp[..., 2:6])
     constant = torch.full((2, 3, 10, 30), 0.25)
-    out = resize_center_crop(constant, 16, 16)  # upscale 10 -> 16, width 48 -> crop 16
+    out = resize_cover_crop(constant, 16, 16)  # upscale 10 -> 16, width 48 -> crop 16
     assert out.shape == (2, 3, 16, 16) and torch.allclose(out, torch.full_like(out, 0.25))
 
 

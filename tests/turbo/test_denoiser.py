@@ -119,6 +119,10 @@ def test_guidance_embedding_starts_at_zero_and_conditions_on_w():
     assert torch.equal(d(x, t, cond, role="critic", guidance=w).out, teacher)  # only the student has it
     f = guidance_features(torch.tensor([0.0]))
     assert f.shape == (1, 256) and torch.equal(f[0, :128], torch.zeros(128)) and torch.equal(f[0, 128:], torch.ones(128))
+    # LCM's get_guidance_scale_embedding written out: w * 1000 times 10000^(-i / 127), [sin | cos]
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(128) / 127)
+    args = 7500.0 * freqs
+    torch.testing.assert_close(guidance_features(torch.tensor([7.5]))[0], torch.cat([args.sin(), args.cos()]))
 
 
 def test_the_w_embedding_enters_before_the_time_mlp_so_its_effect_depends_on_t():
