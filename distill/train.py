@@ -182,13 +182,10 @@ def step_generator(run: Run, step: int) -> torch.Generator:
 
 # --- one optimisation step ----------------------------------------------------------------------
 def make_optimizers(objective: Objective, accelerator: Accelerator) -> dict[str, torch.optim.Optimizer]:
-    """One AdamW per trainable group, with the objective's settings for it."""
-    optimizers = {}
-    for group, params in objective.trainable().items():
-        o = objective.optim[group]
-        optimizers[group] = accelerator.prepare(
-            torch.optim.AdamW(params, lr=o["lr"], betas=o["betas"], weight_decay=o["weight_decay"]))
-    return optimizers
+    """One optimizer per trainable group: the objective's ``optim.<group>.optimizer`` (a Hydra
+    ``_partial_`` optimizer, AdamW by default) applied to the group's parameters."""
+    return {group: accelerator.prepare(objective.optim[group]["optimizer"](params))
+            for group, params in objective.trainable().items()}
 
 
 def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, group: str, losses,

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from accelerate import Accelerator
 
-from distill.objectives.base import Batch, denoising_loss, group_loss
+from distill.objectives.base import Batch, adamw, denoising_loss, group_loss
 from distill.objectives.cd import ConsistencyDistillation
 from distill.objectives.dmd2 import DMD2
 from distill.objectives.w2s import W2S
@@ -119,7 +119,7 @@ def train_teacher(s: Settings, world: World, text) -> Denoiser:
 def build_objective(name: str, teacher: Denoiser, steps: int, lr: float = 1e-4):
     d = copy.deepcopy(teacher)
     adapter = {"rank": 8, "alpha": 8, "target_modules": TARGETS}
-    adam = {"lr": lr, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
+    adam = adamw(lr=lr)
     if name == "cd":
         return ConsistencyDistillation(d, num_ddim_timesteps=50, w_min=0.0, w_max=0.0, optim={"student": adam},
                                        adapter=adapter)

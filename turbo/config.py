@@ -42,6 +42,7 @@ ALLOWED_TARGETS = frozenset({
     "turbo.models.tiny_sd_vae", "turbo.models.tiny_sdxl_text_encoder", "turbo.models.tiny_text_encoder",
     "turbo.models.tiny_unet2d", "turbo.models.tiny_unet3d", "turbo.models.tiny_wan", "turbo.models.tiny_wan_vae",
     "turbo.schedule.FlowSchedule", "turbo.schedule.VPSchedule",
+    "torch.optim.AdamW", "torch.optim.Adam", "torch.optim.SGD", "bitsandbytes.optim.AdamW8bit",
     "turbo.toy.models.shipped_backbone", "turbo.toy.models.shipped_text_encoder", "turbo.toy.models.toy_text_encoder",
     "turbo.toy.models.toy_vae", "turbo.toy.models.toy_wan",
 })
@@ -229,7 +230,11 @@ def check_target_node(node: Any, key: str) -> None:
     check_targets(node, key)
     from hydra._internal.utils import _locate  # hydra's own resolver of dotted paths (imports the module)
 
-    target = _locate(node._target_)
+    try:
+        target = _locate(node._target_)
+    except ImportError as e:  # an optional package (bitsandbytes, ...) that is not installed
+        raise ConfigError(f"{key}._target_={node._target_}: cannot be imported ({' '.join(str(e).split())}); "
+                          f"install the package that provides it") from None
     try:
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):

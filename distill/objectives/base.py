@@ -18,6 +18,7 @@ and the loop follows. Adding an objective is one file here plus one ``conf/objec
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol
@@ -31,8 +32,14 @@ from turbo.denoiser import Denoiser, Role
 from turbo.sampling import Sampler
 from turbo.text import TextCond
 
-OPTIM_KEYS = {"lr", "betas", "weight_decay", "grad_clip"}
-DEFAULT_OPTIM = {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0, "grad_clip": 1.0}
+OPTIM_KEYS = {"optimizer", "grad_clip"}
+
+
+def adamw(lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+          grad_clip: float = 1.0) -> dict[str, Any]:
+    """One group's ``optim`` entry as a config gives it (objectives built in code, tests)."""
+    return {"optimizer": functools.partial(torch.optim.AdamW, lr=lr, betas=tuple(betas), weight_decay=weight_decay),
+            "grad_clip": grad_clip}
 
 
 @dataclass
@@ -97,6 +104,15 @@ class Objective(Protocol):
         ...
 
 
+@torch.no_grad()
+def ema_(averages: list[Tensor], params: list[Tensor], decay: float) -> None:
+    """The one exponential moving average of the objectives: ``a <- decay * a + (1 - decay) * p``
+    in place (CD's EMA target adapter, the diffusion objective's exported weights). A fixed decay,
+    as LCM / T2V-Turbo use it; diffusers' ``EMAModel`` ramps its decay as (1 + n) / (10 + n) and keeps
+    shadow copies outside the network, where CD's target must be an adapter it can run as a role."""
+    torch._foreach_lerp_(averages, [p.detach() for p in params], 1.0 - decay)
+
+
 def add_student(denoiser: Denoiser, name: str, adapter: Mapping[str, Any] | None) -> None:
     """Give ``denoiser`` the student adapter ``name`` from the run's ``student`` settings (rank,
     alpha, target_modules, dropout, guidance_embedding). ``adapter=None``: the caller added it."""
@@ -120,17 +136,20 @@ def group_loss(objective: Objective, group: str, batch: Batch, step: int, genera
 
 
 def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> dict[str, dict[str, Any]]:
-    """Validate ``objective.optim``: exactly one entry per trainable group, each with OPTIM_KEYS.
-    ``None`` (objectives built in code) gives every group DEFAULT_OPTIM."""
+    """Validate ``objective.optim``: one entry per trainable group, each an ``optimizer`` (a Hydra
+    ``_partial_`` node, instantiated by then: ``params -> torch.optim.Optimizer``) and a ``grad_clip``.
+    ``None`` (objectives built in code) gives every group ``adamw()``."""
     if optim is None:
-        optim = {g: DEFAULT_OPTIM for g in groups}
+        optim = {g: adamw() for g in groups}
     optim = {k: dict(v) for k, v in optim.items()}
     if set(optim) != set(groups):
         raise ConfigError(f"objective.optim must have one entry per trainable group {groups}, found {sorted(optim)}")
     for group, o in optim.items():
         if set(o) != OPTIM_KEYS:
             raise ConfigError(f"objective.optim.{group} must have keys {sorted(OPTIM_KEYS)}, found {sorted(o)}")
-        o["betas"] = tuple(o["betas"])
+        if not callable(o["optimizer"]):
+            raise ConfigError(f"objective.optim.{group}.optimizer must be an optimizer node with _partial_: true "
+                              f"(e.g. {{_target_: torch.optim.AdamW, _partial_: true, lr: 1e-4}}), found {o['optimizer']!r}")
     return optim
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, add_student, check_optim, noise_like
+from distill.objectives.base import Batch, Losses, add_student, check_optim, ema_, noise_like
 from turbo.denoiser import Denoiser
 from turbo.sampling import Sampler
 from turbo.schedule import ConsistencyBoundary
@@ -122,12 +122,8 @@ class ConsistencyDistillation:
             p.requires_grad_(False)
         self._ema_update(0.0)  # start as a copy of the student
 
-    @torch.no_grad()
     def _ema_update(self, decay: float) -> None:
-        src = self.denoiser.adapter_parameters(self.student)
-        dst = self.denoiser.adapter_parameters(self.target_role)
-        for s, d in zip(src, dst, strict=True):
-            d.lerp_(s, 1.0 - decay)
+        ema_(self.denoiser.adapter_parameters(self.target_role), self.denoiser.adapter_parameters(self.student), decay)
 
     def extra_state(self) -> dict[str, Tensor]:
         return {}  # the EMA target is an adapter: checkpointed with the others

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss
+from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss, ema_
 from turbo.atomic import atomic_dir
 from turbo.denoiser import Denoiser
 from turbo.sampling import Sampler
@@ -94,10 +94,9 @@ class Diffusion:
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         raise RuntimeError("plain diffusion training has no critic")  # updates() never asks for it
 
-    @torch.no_grad()
     def after_step(self, group: str) -> None:
         if self.ema is not None:
-            torch._foreach_lerp_(self.ema, [p.detach() for p in self._params], 1.0 - self.ema_decay)
+            ema_(self.ema, self._params, self.ema_decay)
 
     def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
         """A fine-tuned student (``train: student``) samples as its teacher does, with the plain DDIM /

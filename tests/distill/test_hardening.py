@@ -69,7 +69,7 @@ def test_traversal_prompt_writes_inside_the_run_dir_with_umask_modes(tmp_path):
 # --- 4. non-finite numbers never become a result ----------------------------------------------------
 def test_a_diverging_run_stops_with_a_finite_last_checkpoint_and_no_done(tmp_path):
     run = tmp_path / "run"
-    cfg = cfg_for("objective.optim.student.lr=1e6", "train.steps=30", "train.checkpoint_every=1",
+    cfg = cfg_for("objective.optim.student.optimizer.lr=1e6", "train.steps=30", "train.checkpoint_every=1",
                   "train.max_nonfinite_steps=3", "reward=none")
     with pytest.raises(TrainingStopped, match=r"3 steps in a row .*non-finite.*max_nonfinite_steps=3.*last good checkpoint"):
         run_training(cfg, run)
@@ -216,13 +216,13 @@ def test_resume_with_a_changed_learning_rate_or_rank_is_refused_unless_allowed(t
     run = tmp_path / "run"
     base = ["train.steps=2", "train.checkpoint_every=2", "reward=none"]
     _unfinished(run, *base)
-    with pytest.raises(ConfigError, match=r"objective.optim.student.lr \(0.0001 -> 0.001\).*resume_allow="):
-        setup(cfg_for(*base, "train.steps=4", "resume=true", "objective.optim.student.lr=1e-3"), run)
+    with pytest.raises(ConfigError, match=r"objective.optim.student.optimizer.lr \(0.0001 -> 0.001\).*resume_allow="):
+        setup(cfg_for(*base, "train.steps=4", "resume=true", "objective.optim.student.optimizer.lr=1e-3"), run)
     with pytest.raises(ConfigError, match=r"student.rank \(8 -> 4\)"):
         setup(cfg_for(*base, "train.steps=4", "resume=true", "student.rank=4"), run)
     assert "lr: 0.0001" in (run / "config.yaml").read_text()  # the refused value was not written
-    run_training(cfg_for(*base, "train.steps=4", "resume=true", "objective.optim.student.lr=1e-3",
-                         "resume_allow=[objective.optim.student.lr]"), run)
+    run_training(cfg_for(*base, "train.steps=4", "resume=true", "objective.optim.student.optimizer.lr=1e-3",
+                         "resume_allow=[objective.optim.student.optimizer.lr]"), run)
     assert (run / "DONE").exists() and "lr: 0.001" in (run / "config.yaml").read_text()
 
 

@@ -225,3 +225,16 @@ def test_generate_with_no_sampler_keys_reproduces_the_end_of_run_student(tmp_pat
     teacher = saved(pipe.denoiser, pipe.text([prompt]), None, pipe.vae.latent_shape(v.num_frames, v.height, v.width),
                     torch.Generator().manual_seed(s.seed), "teacher")
     assert (got - teacher).abs().max() > 1e-6
+
+
+def test_optimizers_are_hydra_partials_and_a_missing_one_is_one_line(tmp_path):
+    run = setup(cfg_for("objective.optim.student.optimizer._target_=torch.optim.SGD",
+                        "+objective.optim.student.optimizer.momentum=0.5", "~objective.optim.student.optimizer.betas",
+                        "~objective.optim.student.optimizer.weight_decay"), tmp_path / "sgd")
+    opt = run.optimizers["student"].optimizer  # accelerate wraps it
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.5
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:  # T2V-Turbo's 8-bit AdamW is optional: one clear line
+        with pytest.raises(ConfigError, match=r"^objective.optim.student.optimizer._target_=bitsandbytes.optim.AdamW8bit: cannot be imported .*install"):
+            setup(cfg_for("objective.optim.student.optimizer._target_=bitsandbytes.optim.AdamW8bit"), tmp_path / "bnb")

@@ -145,7 +145,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("lora_parity")
     run_training(train_cfg("student.guidance_embedding=false", "student.alpha=4", "train.steps=2", "reward=none",
-                           "objective.optim.student.lr=1e-2"), tmp / "run")
+                           "objective.optim.student.optimizer.lr=1e-2"), tmp / "run")
     sampler = ["sampler.name=teacher", f"sampler.teacher.steps={STEPS}", "sampler.teacher.grid=diffusers",
                f"sampler.teacher.guidance_scale={SCALE}"]
     with initialize_config_module(config_module="conf", version_base="1.3"):
