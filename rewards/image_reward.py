@@ -31,21 +31,21 @@ tests/rewards/test_image_reward.py), ``match_pil=False`` equals the torchvision 
 T2V-Turbo applies to decoded frames (bicubic overshoot at hard edges is then not clipped).
 
 Key layout (official ``ImageReward.pt``, a flat ``state_dict`` of the reference ``ImageReward``
-module, 625 entries): our names equal the checkpoint's, no renames: ``blip.visual_encoder.*``
-(timm-style ViT: ``cls_token``, ``pos_embed``, ``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv,
-attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``), ``blip.text_encoder.{embeddings, encoder.layer.N}.*``
-(med.py names: ``attention.self.query``, ``crossattention.self.key`` ..., no token-type
-embedding), ``mlp.layers.{0,2,4,6,7}``. Not used by the score and skipped on loading:
-``blip.vision_proj``, ``blip.text_proj`` (BLIP's contrastive projections) and the buffer
-``blip.text_encoder.embeddings.position_ids`` (an arange). transformers' ``BertModel`` cannot
-stand in for the text encoder: it has a token-type embedding, its cross-attention key/value
-take ``hidden_size`` (768) inputs instead of the image width (1024), and it refuses
-cross-attention unless ``is_decoder=True`` (causal). The layout is written down in
-tests/rewards/data/image_reward_keys.json.
+module, 625 entries): BLIP's timm-style ViT ``blip.visual_encoder.*`` (``cls_token``, ``pos_embed``,
+``patch_embed.proj``, ``blocks.N.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``),
+its med.py BERT ``blip.text_encoder.{embeddings, encoder.layer.N}.*`` and the head ``mlp.layers.*``.
+The towers are transformers' ``BlipVisionModel`` (fused qkv, ``layer_norm1`` ...) and
+``BlipTextModel`` (med.py's names, no token-type embedding, cross-attention keys / values reading
+the image width through ``encoder_hidden_size``); ``from_official`` / ``to_official`` map the
+names. Not used by the score and skipped on loading: ``blip.vision_proj``, ``blip.text_proj``
+(BLIP's contrastive projections) and the buffer ``blip.text_encoder.embeddings.position_ids``. The
+layout is written down in tests/rewards/data/image_reward_keys.json. On the same weights the
+transformers towers give the hand-written towers they replaced to 5e-7 (checked when swapped).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor, nn
+from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 from rewards.internvideo2 import TINY_VOCAB
@@ -117,192 +118,66 @@ class ImageRewardConfig:
 SIZES = {"large": ImageRewardConfig.large, "tiny": ImageRewardConfig.tiny}
 
 
-def _checkpointed(module: nn.Module, enabled: bool, *args: Tensor) -> Tensor:
-    if enabled and torch.is_grad_enabled():
-        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
-    return module(*args)
+# --- the towers are transformers' BLIP classes; only the key names differ from the official file ---
+# Official ImageReward.pt (BLIP's timm ViT + med.py BERT) -> ours (transformers' BlipVisionModel /
+# BlipTextModel, whose text layers keep med.py's names). Prefixes, longest match first; inside a
+# vision block the module names are renamed too.
+OFFICIAL_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("blip.visual_encoder.cls_token", "vision.embeddings.class_embedding"),
+    ("blip.visual_encoder.pos_embed", "vision.embeddings.position_embedding"),
+    ("blip.visual_encoder.patch_embed.proj.", "vision.embeddings.patch_embedding."),
+    ("blip.visual_encoder.blocks.", "vision.encoder.layers."),
+    ("blip.visual_encoder.norm.", "vision.post_layernorm."),
+    ("blip.text_encoder.", "text."),
+)
+BLOCK_NAMES: tuple[tuple[str, str], ...] = (
+    (".norm1.", ".layer_norm1."), (".norm2.", ".layer_norm2."), (".attn.qkv.", ".self_attn.qkv."),
+    (".attn.proj.", ".self_attn.projection."),
+)
 
 
-# --- vision: BLIP's ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, final norm over all tokens) ---
-
-class PatchEmbed(nn.Module):
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, cfg.patch_size)
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        return self.proj(pixels).flatten(2).transpose(1, 2)  # N,P,C
-
-
-class VisionAttention(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+def _rename(key: str, prefixes, blocks) -> str:
+    for source, target in prefixes:
+        if key.startswith(source):
+            rest = key[len(source):]
+            if source.endswith("blocks.") or source.endswith("layers."):
+                for a, b in blocks:
+                    rest = rest.replace(a, b, 1)
+            return target + rest
+    return key
 
 
-class VisionMlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+def from_official(key: str) -> str:
+    """An official checkpoint key -> our state-dict key (``mlp.*``, the head, is the same in both)."""
+    return _rename(key, OFFICIAL_PREFIXES, BLOCK_NAMES)
 
 
-class VisionBlock(nn.Module):
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.vision_width, eps=1e-6)
-        self.attn = VisionAttention(cfg.vision_width, cfg.vision_heads)
-        self.norm2 = nn.LayerNorm(cfg.vision_width, eps=1e-6)
-        self.mlp = VisionMlp(cfg.vision_width, cfg.vision_mlp_width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+def to_official(key: str) -> str:
+    """Our state-dict key -> the official checkpoint's (the inverse of ``from_official``)."""
+    return _rename(key, [(b, a) for a, b in OFFICIAL_PREFIXES], [(b, a) for a, b in BLOCK_NAMES])
 
 
-class VisionTransformer(nn.Module):
-    """pixels N,3,S,S (normalised) -> N,1+P,vision_width image embeddings (CLS first)."""
-
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.patch_embed = PatchEmbed(cfg)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.vision_width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + (cfg.image_size // cfg.patch_size) ** 2, cfg.vision_width))
-        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.vision_layers))
-        self.norm = nn.LayerNorm(cfg.vision_width, eps=1e-6)
-        self.gradient_checkpointing = False
-
-    def forward(self, pixels: Tensor) -> Tensor:
-        x = self.patch_embed(pixels)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-        x = x + self.pos_embed.to(x.dtype)
-        for block in self.blocks:
-            x = _checkpointed(block, self.gradient_checkpointing, x)
-        return self.norm(x)
+def _checkpointed_call(forward, *args, **kwargs):
+    if torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
 
 
-# --- text: BLIP's med.py BertModel in mode 'multimodal' (post-norm, eps 1e-12, exact GELU) ---
-
-class BertEmbeddings(nn.Module):
-    """word + absolute position embeddings (no token-type embedding), LayerNorm."""
-
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.text_width, padding_idx=0)
-        self.position_embeddings = nn.Embedding(cfg.text_positions, cfg.text_width)
-        self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=1e-12)
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        return self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(positions))
-
-
-class BertSelfAttention(nn.Module):
-    """Multi-head attention; key/value read ``kv_width`` inputs (the image width for cross-attention)."""
-
-    def __init__(self, width: int, kv_width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(kv_width, width)
-        self.value = nn.Linear(kv_width, width)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        b, n, c = x.shape
-        split = lambda t: t.view(b, t.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
-        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(context)), split(self.value(context)),
-                                             attn_mask=mask)
-        return out.transpose(1, 2).reshape(b, n, c)
-
-
-class BertResidualOutput(nn.Module):
-    """LayerNorm(dense(x) + residual)."""
-
-    def __init__(self, in_width: int, width: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_width, width)
-        self.LayerNorm = nn.LayerNorm(width, eps=1e-12)
-
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
-
-
-class BertAttention(nn.Module):
-    def __init__(self, width: int, kv_width: int, heads: int) -> None:
-        super().__init__()
-        self.self = BertSelfAttention(width, kv_width, heads)
-        self.output = BertResidualOutput(width, width)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        return self.output(self.self(x, context, mask), x)
-
-
-class BertIntermediate(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(width, hidden)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.gelu(self.dense(x))
-
-
-class BertLayer(nn.Module):
-    """self-attention (padding mask) -> cross-attention to the image tokens (no mask) -> MLP."""
-
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.attention = BertAttention(cfg.text_width, cfg.text_width, cfg.text_heads)
-        self.crossattention = BertAttention(cfg.text_width, cfg.vision_width, cfg.text_heads)
-        self.intermediate = BertIntermediate(cfg.text_width, cfg.text_mlp_width)
-        self.output = BertResidualOutput(cfg.text_mlp_width, cfg.text_width)
-
-    def forward(self, x: Tensor, mask: Tensor, image: Tensor) -> Tensor:
-        x = self.attention(x, x, mask)
-        x = self.crossattention(x, image, None)  # every image token is attended (image_atts = ones)
-        return self.output(self.intermediate(x), x)
-
-
-class BertEncoder(nn.Module):
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.text_layers))
-
-
-class BlipTextEncoder(nn.Module):
-    """input_ids, attention_mask: N,L int64; image: N,T,vision_width -> N,L,text_width last hidden states."""
-
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.embeddings = BertEmbeddings(cfg)
-        self.encoder = BertEncoder(cfg)
-        self.gradient_checkpointing = False
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, image: Tensor) -> Tensor:
-        x = self.embeddings(input_ids).to(image.dtype)
-        # med.py's extended mask: 0 where attended, -10000 on padding, added to the logits.
-        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
-        for layer in self.encoder.layer:
-            x = _checkpointed(layer, self.gradient_checkpointing, x, mask, image)
-        return x
-
-
-class BLIP(nn.Module):
-    """The parts of BLIP_Pretrain the score uses (the contrastive projections are left out)."""
-
-    def __init__(self, cfg: ImageRewardConfig) -> None:
-        super().__init__()
-        self.visual_encoder = VisionTransformer(cfg)
-        self.text_encoder = BlipTextEncoder(cfg)
+def blip_towers(cfg: ImageRewardConfig) -> tuple[BlipVisionModel, BlipTextModel]:
+    """BLIP's ViT (pre-norm, LayerNorm eps 1e-6, exact GELU, final norm over all tokens) and its
+    med.py BERT in 'multimodal' mode (post-norm, eps 1e-12, no token-type embedding, cross-attention
+    reading the image width), as transformers' classes, dropout off."""
+    vision = BlipVisionModel(BlipVisionConfig(
+        hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp_width, num_hidden_layers=cfg.vision_layers,
+        num_attention_heads=cfg.vision_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        layer_norm_eps=1e-6, hidden_act="gelu", attention_dropout=0.0, initializer_range=0.02))
+    text = BlipTextModel(BlipTextConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.text_width, encoder_hidden_size=cfg.vision_width,
+        intermediate_size=cfg.text_mlp_width, num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+        max_position_embeddings=cfg.text_positions, layer_norm_eps=1e-12, hidden_act="gelu", hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, pad_token_id=0, bos_token_id=None, sep_token_id=None, initializer_range=0.02),
+        add_pooling_layer=False)
+    return vision, text
 
 
 class ScoreHead(nn.Module):
@@ -321,26 +196,29 @@ class ScoreHead(nn.Module):
 
 
 class ImageRewardModel(nn.Module):
-    """BLIP + head in the official key layout. ``score`` returns the normalised reward r."""
+    """BLIP's towers + head. ``score`` returns the normalised reward r; checkpoints are read in the
+    official key layout (``from_official``)."""
 
     def __init__(self, config: ImageRewardConfig = ImageRewardConfig()) -> None:
         super().__init__()
         self.config = config
-        self.blip = BLIP(config)
+        self.vision, self.text = blip_towers(config)
         self.mlp = ScoreHead(config.text_width, config.head_widths)
-        with torch.no_grad():  # the weights are meant to be loaded; this only makes random models sane
-            nn.init.normal_(self.blip.visual_encoder.cls_token, std=0.02)
-            nn.init.normal_(self.blip.visual_encoder.pos_embed, std=0.02)
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Recompute ViT blocks and BERT layers in backward (both carry gradients to the pixels)."""
-        self.blip.visual_encoder.gradient_checkpointing = enabled
-        self.blip.text_encoder.gradient_checkpointing = enabled
+        """Recompute ViT blocks and BERT layers in backward (both carry gradients to the pixels).
+        By hand: transformers recomputes a layer only in training mode (a frozen reward never is)
+        and BlipTextModel has no switch for it."""
+        for layer in (*self.vision.encoder.layers, *self.text.encoder.layer):
+            layer.__dict__.pop("forward", None)
+            if enabled:
+                layer.forward = functools.partial(_checkpointed_call, type(layer).forward.__get__(layer))
 
     def text_features(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """pixels N,3,S,S normalised; input_ids, attention_mask N,L -> N,text_width: CLS of the text-with-image."""
-        image = self.blip.visual_encoder(pixels)
-        return self.blip.text_encoder(input_ids, attention_mask, image)[:, 0]
+        image = self.vision(pixel_values=pixels).last_hidden_state
+        out = self.text(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image)
+        return out.last_hidden_state[:, 0]
 
     def score(self, pixels: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """-> N float32 r = (head(CLS) - SCORE_MEAN) / SCORE_STD (official ``score_gard``)."""
@@ -434,16 +312,16 @@ def load_blip_tokenizer(path: str | os.PathLike, *, name: str = "image_reward"):
 def tiny_image_reward_model(seed: int = 0, **changes) -> ImageRewardModel:
     """A seeded random :func:`ImageRewardConfig.tiny` model; the global torch RNG is left untouched.
 
-    The head's weights are drawn with std fan_in^-1/2 (variance-preserving), so that scores vary
-    visibly with the input; PyTorch's default shrinks them ~15x through the five linear layers.
+    Every Linear / Conv weight is drawn with std fan_in^-1/2 (variance-preserving), so that scores
+    vary visibly with the input (the default inits shrink them through the towers and the head).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ImageRewardModel(ImageRewardConfig.tiny(**changes)).eval()
-        with torch.no_grad():
-            for layer in model.mlp.layers:
-                if isinstance(layer, nn.Linear):
-                    nn.init.normal_(layer.weight, std=layer.in_features ** -0.5)
+        with torch.no_grad():  # transformers' BLIP init (std 0.02) leaves a tiny random model nearly constant
+            for layer in model.modules():
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    nn.init.normal_(layer.weight, std=layer.weight[0].numel() ** -0.5)
         return model
 
 
@@ -453,7 +331,7 @@ def load_image_reward_model(checkpoint: str | os.PathLike, config: ImageRewardCo
     (:data:`UNUSED_KEYS` skipped; every other key must match in name and shape)."""
     model = ImageRewardModel(config)
     load_checkpoint_into(model, checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'",
-                         ignore=UNUSED_KEYS, allow_pickle=allow_pickle)
+                         ignore=UNUSED_KEYS, allow_pickle=allow_pickle, rename=from_official)
     return model.eval()
 
 

@@ -21,7 +21,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -199,17 +199,21 @@ def load_checkpoint_into(
     prefix_strip: tuple[str, ...] = ("module.",),
     ignore: tuple[str, ...] = (),
     allow_pickle: bool = False,
+    rename: Callable[[str], str] | None = None,
 ) -> None:
     """Copy the weights in ``path`` into ``model`` (in place, keeping the model's dtypes and device).
 
     key: the config key that names ``path`` (e.g. ``reward.hpsv2.model.checkpoint``), used in
     errors; who: the caller, e.g. ``"reward 'hpsv2'"``. ``ignore``: checkpoint keys to drop
-    before comparing — exact names, or prefixes ending in ``"."``. Every other key must match
+    before comparing — exact names, or prefixes ending in ``"."``; ``rename``: maps the file's
+    remaining keys to the model's names. Every other key must match
     the model's state dict exactly in name and shape, or :class:`CheckpointMismatchError` is
     raised and the model is left untouched.
     """
     state = read_state_dict(path, key=key, who=who, prefix_strip=prefix_strip, allow_pickle=allow_pickle)
     state = {k: v for k, v in state.items() if not _ignored(k, ignore)}
+    if rename is not None:  # the file's layout -> the model's names (e.g. rewards.image_reward.from_official)
+        state = {rename(k): v for k, v in state.items()}
     expected = model.state_dict()
     mismatched = [
         (k, tuple(v.shape), tuple(expected[k].shape))

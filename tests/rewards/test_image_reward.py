@@ -13,11 +13,13 @@ from rewards.image_reward import (
     ImageRewardConfig,
     ImageRewardModel,
     ImageRewardReward,
+    from_official,
     image_reward,
     load_blip_tokenizer,
     tiny_blip_tokenizer,
     tiny_image_reward,
     tiny_image_reward_model,
+    to_official,
 )
 from rewards.internvideo2 import TINY_VOCAB
 from rewards.loading import CheckpointMismatchError, _ignored
@@ -47,7 +49,7 @@ def official_style_state(model: ImageRewardModel) -> dict[str, torch.Tensor]:
         "blip.text_proj.weight": torch.randn(256, cfg.text_width),
         "blip.text_proj.bias": torch.randn(256),
     }
-    return {**{k: v.clone() for k, v in model.state_dict().items()}, **extras}
+    return {**{to_official(k): v.clone() for k, v in model.state_dict().items()}, **extras}
 
 
 def reward_224(match_pil: bool) -> ImageRewardReward:
@@ -66,7 +68,7 @@ def official_pil_transform(size: int = 224):
 def layout_mismatches(config: ImageRewardConfig) -> list[str]:
     """Keys where the full-size meta model of ``config`` and the official layout (less the skipped keys) differ."""
     official = expected_layout("image_reward")
-    ours = layout_of(meta_model(lambda: ImageRewardModel(config)))
+    ours = {to_official(k): s for k, s in layout_of(meta_model(lambda: ImageRewardModel(config))).items()}
     needed = {k: s for k, s in official.items() if not _ignored(k, UNUSED_KEYS)}
     return sorted(k for k in ours.keys() | needed.keys() if ours.get(k) != needed.get(k))
 
@@ -76,8 +78,11 @@ def test_full_size_layout_is_the_official_checkpoint():
     assert layout_mismatches(ImageRewardConfig.large()) == []
     skipped = sorted(k for k in official if _ignored(k, UNUSED_KEYS))
     assert len(official) == 625 and len(skipped) == 5  # projections (4) and position_ids are unused by the score
-    ours = layout_of(meta_model(lambda: ImageRewardModel(ImageRewardConfig.large())))
+    ours = {to_official(k): s for k, s in layout_of(meta_model(lambda: ImageRewardModel(ImageRewardConfig.large()))).items()}
     assert not set(skipped) & ours.keys()
+    needed = [k for k in official if not _ignored(k, UNUSED_KEYS)]
+    assert all(from_official(k) != k or k.startswith("mlp.") for k in needed)  # every tower key is renamed
+    assert all(to_official(from_official(k)) == k for k in needed)
     assert sum(torch.Size(s).numel() for s in ours.values()) == 446_206_689  # 446,666,465 less 459,776 skipped
     # Near misses are caught: BERT's own 30522-token vocabulary; 23 ViT blocks; a 768-wide cross-attention.
     assert layout_mismatches(ImageRewardConfig.large(vocab_size=30522)) == [
@@ -153,7 +158,8 @@ def test_score_is_the_normalised_head_of_the_image_grounded_cls():
         pixels = reward.preprocess(video.flatten(0, 1))
         tok = tiny_blip_tokenizer()(PROMPTS, padding="max_length", max_length=35, truncation=True, return_tensors="pt")
         ids, mask = tok["input_ids"].repeat_interleave(3, 0), tok["attention_mask"].repeat_interleave(3, 0)
-        cls = m.blip.text_encoder(ids, mask, m.blip.visual_encoder(pixels))[:, 0]
+        image = m.vision(pixel_values=pixels).last_hidden_state
+        cls = m.text(input_ids=ids, attention_mask=mask, encoder_hidden_states=image).last_hidden_state[:, 0]
         # The head has no activations (the reference's ReLUs are commented out): one affine map.
         linears = [m.mlp.layers[i] for i in (0, 2, 4, 6, 7)]
         weight, bias = torch.eye(cls.shape[1]), torch.zeros(cls.shape[1])
@@ -168,7 +174,7 @@ def test_score_is_the_normalised_head_of_the_image_grounded_cls():
 
 def test_locked_score_of_seeded_tiny_image_reward():
     scores = tiny_image_reward(seed=0)(random_video(), ["a red ball", "a blue cube"])
-    torch.testing.assert_close(scores, torch.tensor([0.352418, 0.368948]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores, torch.tensor([-1.516612, -1.070855]), atol=1e-4, rtol=0)
 
 
 def test_text_encoder_reads_the_image_and_ignores_padding():
@@ -227,9 +233,16 @@ def test_gradient_reaches_pixels_and_checkpointing_is_exact():
     results = []
     for flag in (False, True):
         reward = tiny_image_reward(seed=2, gradient_checkpointing=flag)
+        calls = []
+        # pre-hooks of modules inside a layer: a checkpointed layer is re-run in backward (up to the
+        # last tensor backward needs, so post-hooks of its last modules may not fire again)
+        for inner in (reward.model.vision.encoder.layers[0].mlp, reward.model.text.encoder.layer[0].intermediate):
+            inner.register_forward_pre_hook(lambda *_: calls.append(1))
         x = video.clone().requires_grad_(True)
         score = reward(x, PROMPTS)
+        forward_calls = len(calls)
         score.sum().backward()
+        assert len(calls) == (2 * forward_calls if flag else forward_calls)  # recomputed in backward, or not
         assert (x.grad.flatten(2).abs().amax(-1) > 0).all()  # every frame of every video
         assert all(p.grad is None and not p.requires_grad for p in reward.parameters())
         results.append((score.detach(), x.grad))
