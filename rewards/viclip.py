@@ -12,7 +12,8 @@ Module and parameter names reproduce the official ``ViClip-InternVid-10M-FLT.pth
 temporal_positional_embedding, ln_pre, transformer.resblocks.N.{attn.in_proj_weight,
 attn.in_proj_bias, attn.out_proj, ln_1, mlp.c_fc, mlp.c_proj, ln_2}, ln_post, proj) and
 ``text_encoder.*`` (token_embedding, positional_embedding, transformer.resblocks.N.*,
-ln_final, text_projection). No renames are needed. The expected layout is written
+ln_final, text_projection). No renames are needed: the residual blocks are open_clip's own
+``Transformer`` (CLIP's layout), the embeddings, pooling and projections are written here. The expected layout is written
 down in tests/rewards/data/viclip_keys.json. Frames are preprocessed as the reference's
 datasets do (squash to 224 x 224, ImageNet mean / std): see rewards.video_text.
 
@@ -27,15 +28,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import Tensor, nn
 
 from rewards.loading import load_checkpoint_into
@@ -93,70 +93,22 @@ class ViCLIPConfig:
 SIZES = {"L/14": ViCLIPConfig.large, "B/16": ViCLIPConfig.base, "tiny": ViCLIPConfig.tiny}
 
 
-class QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
 class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in at least float32 whatever the input dtype (the reference text tower's)."""
+    """LayerNorm computed in at least float32 whatever the input and weight dtypes (the reference text
+    tower's). open_clip's LayerNormFp32 casts only the input, and fails once the reward is cast to half."""
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = torch.promote_types(x.dtype, torch.float32)
-        out = F.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.bias.to(dtype), self.eps)
+        out = torch.nn.functional.layer_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype),
+                                             self.bias.to(dtype), self.eps)
         return out.to(x.dtype)
 
 
-class MultiheadSelfAttention(nn.Module):
-    """Self-attention with ``nn.MultiheadAttention``'s parameter names (in_proj_weight,
-    in_proj_bias, out_proj), batch-first, through scaled_dot_product_attention."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        """x: B,N,C -> B,N,C."""
-        b, n, c = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each B,heads,N,head_dim
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, norm: type[nn.LayerNorm]) -> None:
-        super().__init__()
-        self.attn = MultiheadSelfAttention(width, heads)
-        self.ln_1 = norm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))])
-        )
-        self.ln_2 = norm(width)
-
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        x = x + self.attn(self.ln_1(x), causal)
-        return x + self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    """Pre-norm residual blocks (batch-first); optional per-block activation checkpointing."""
-
-    def __init__(self, width: int, layers: int, heads: int, norm: type[nn.LayerNorm] = nn.LayerNorm) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, norm) for _ in range(layers))
-        self.gradient_checkpointing = False
-
-    def forward(self, x: Tensor, causal: bool = False) -> Tensor:
-        for block in self.resblocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, causal, use_reentrant=False)
-            else:
-                x = block(x, causal)
-        return x
+def clip_transformer(width: int, layers: int, heads: int, norm: type[nn.LayerNorm] = LayerNorm) -> Transformer:
+    """CLIP's pre-norm residual blocks as open_clip builds them (batch-first, QuickGELU, MLP ratio 4):
+    the same module and parameter names as the official checkpoint (``resblocks.N.{attn.in_proj_weight,
+    attn.out_proj, ln_1, mlp.c_fc, mlp.c_proj, ln_2}``)."""
+    return Transformer(width, layers, heads, act_layer=QuickGELU, norm_layer=norm, batch_first=True)
 
 
 class ViCLIPVision(nn.Module):
@@ -171,7 +123,7 @@ class ViCLIPVision(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty((cfg.image_size // patch) ** 2 + 1, width))
         self.temporal_positional_embedding = nn.Parameter(torch.empty(1, cfg.num_frames, width))
         self.ln_pre = nn.LayerNorm(width)
-        self.transformer = Transformer(width, cfg.vision_layers, cfg.vision_heads)
+        self.transformer = clip_transformer(width, cfg.vision_layers, cfg.vision_heads)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, cfg.embed_dim))
 
@@ -196,13 +148,16 @@ class ViCLIPText(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.text_width))
-        self.transformer = Transformer(cfg.text_width, cfg.text_layers, cfg.text_heads, norm=FP32LayerNorm)
+        self.transformer = clip_transformer(cfg.text_width, cfg.text_layers, cfg.text_heads, norm=FP32LayerNorm)
         self.ln_final = FP32LayerNorm(cfg.text_width)
+        # additive causal mask, as open_clip's TextTransformer builds it
+        self.register_buffer("causal_mask", torch.full((cfg.context_length,) * 2, float("-inf")).triu_(1),
+                             persistent=False)
         self.text_projection = nn.Parameter(torch.empty(cfg.text_width, cfg.embed_dim))
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.token_embedding(tokens) + self.positional_embedding.to(self.token_embedding.weight.dtype)
-        x = self.ln_final(self.transformer(x, causal=True))
+        x = self.ln_final(self.transformer(x, attn_mask=self.causal_mask[: x.shape[1], : x.shape[1]].to(x.dtype)))
         eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         return eot @ self.text_projection
 
@@ -248,7 +203,7 @@ class ViCLIP(nn.Module):
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the vision tower's blocks in backward (the text side never needs gradients)."""
-        self.vision_encoder.transformer.gradient_checkpointing = enabled
+        self.vision_encoder.transformer.grad_checkpointing = enabled
 
     def encode_video(self, pixels: Tensor) -> Tensor:
         """B,T,3,H,W normalised pixels (T == num_frames) -> B,embed_dim (not normalised)."""
