@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from pathlib import Path
 
 import torch
@@ -25,9 +24,10 @@ import torch
 from turbo.denoiser import Denoiser
 from turbo.inference import prepare_for_inference, weight_bytes
 from turbo.models import random_backbone, random_cond, tiny_wan
-from turbo.sampling import sample_consistency, sample_teacher
+from turbo.sampling import Sampler
 from turbo.schedule import FlowSchedule
 from turbo.text import TextCond
+from turbo.timing import median_seconds, speedup_bound
 
 SIZES = {
     "tiny": (dict(num_layers=4, num_heads=4, head_dim=32, ffn_dim=512, text_dim=32), (16, 5, 16, 16)),
@@ -76,13 +76,11 @@ def _sync(device: torch.device) -> None:
 
 
 def time_per_video(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+    """A warm-up call, then the median of ``repeats`` (turbo.timing), the device synchronised."""
+    def call():
         fn()
-    _sync(device)
-    return (time.perf_counter() - t0) / repeats
+        _sync(device)
+    return median_seconds(call, repeats=repeats, warmup=1)
 
 
 def run(size: str, device: str, dtype: torch.dtype, repeats: int, shape: tuple[int, ...] | None = None) -> dict:
@@ -103,9 +101,10 @@ def run(size: str, device: str, dtype: torch.dtype, repeats: int, shape: tuple[i
     d.add_adapter("student", 8, 8, targets)
     d.to(dev, dtype)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    teacher_sampler, student_sampler = Sampler("teacher", steps=50, guidance_scale=5.0), Sampler("consistency", steps=4)
     with torch.no_grad():
-        teacher = time_per_video(lambda: sample_teacher(d, cond, uncond, shape, 50, 5.0, g()), dev, repeats)
-        student = time_per_video(lambda: sample_consistency(d, cond, shape, 4, g()), dev, repeats)
+        teacher = time_per_video(lambda: teacher_sampler(d, cond, uncond, shape, g(), "teacher"), dev, repeats)
+        student = time_per_video(lambda: student_sampler(d, cond, uncond, shape, g(), "student"), dev, repeats)
     bf16 = weight_bytes(copy.deepcopy(d.backbone).to(torch.bfloat16))
     int8 = None
     try:
@@ -115,7 +114,8 @@ def run(size: str, device: str, dtype: torch.dtype, repeats: int, shape: tuple[i
     except ImportError:
         pass
     return {"size": size, "device": device, "dtype": str(dtype), "latent": shape, "teacher_s": teacher,
-            "student_s": student, "bf16_mb": bf16 / 2**20, "int8_mb": None if int8 is None else int8 / 2**20,
+            "student_s": student, "teacher_nfe": teacher_sampler.nfe, "student_nfe": student_sampler.nfe,
+            "speedup": teacher / student, "speedup_bound": speedup_bound(teacher_sampler.nfe, student_sampler.nfe), "bf16_mb": bf16 / 2**20, "int8_mb": None if int8 is None else int8 / 2**20,
             "params_m": sum(p.numel() for n, p in d.backbone.named_parameters() if "lora_" not in n) / 1e6}
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     p.add_argument("--size", choices=list(SIZES) + real_configs(), default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--frames", type=int, help="latent frames")
     p.add_argument("--height", type=int, help="latent height")
     p.add_argument("--width", type=int, help="latent width")
@@ -132,12 +132,14 @@ def main() -> None:
     # real configs: the channel count is the backbone's own (None: filled in by run)
     shape = ((16 if a.size in SIZES else None), a.frames, a.height, a.width) if a.frames else None
     r = run(a.size, a.device, getattr(torch, a.dtype), a.repeats, shape)
+    repeats = a.repeats
     print(f"{r['size']} ({r['params_m']:.1f} M params), {r['device']}, {r['dtype']}, latent {tuple(r['latent'])}")
     print("| sampler | network evaluations | sec / video |")
     print("|---|---|---|")
-    print(f"| teacher, 50 steps, CFG | 100 | {r['teacher_s']:.4f} |")
-    print(f"| student, 4 steps | 4 | {r['student_s']:.4f} |")
-    print(f"teacher / student time: {r['teacher_s'] / r['student_s']:.1f}x")
+    print(f"| teacher, 50 steps, CFG | {r['teacher_nfe']} | {r['teacher_s']:.4f} |")
+    print(f"| student, 4 steps | {r['student_nfe']} | {r['student_s']:.4f} |")
+    print(f"teacher / student time: {r['speedup']:.1f}x (the network evaluations allow at most "
+          f"{r['speedup_bound']:.1f}x; median of {repeats} after a warm-up)")
     if r["int8_mb"] is None:
         print(f"weights bf16 {r['bf16_mb']:.1f} MB; int8 needs optimum-quanto (pip install 'turbo[quant]')")
     else:
