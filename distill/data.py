@@ -23,7 +23,8 @@ from turbo.toy.split import training_specs
 from turbo.toy.world import ToyWorld
 from turbo.video import VideoReadError, read_video, resize_cover_crop
 
-__all__ = ["BadItemError", "PromptDataset", "ToyVideoDataset", "VideoFolderDataset", "collate", "draw_items",
+__all__ = ["BadItemError", "PromptDataset", "StepBatches", "ToyVideoDataset", "VideoFolderDataset", "collate", "draw_items",
+           "step_candidates", "step_loader",
            "drop_empty_captions"]
 
 
@@ -254,4 +255,53 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         if len(shapes) > 1:
             raise ValueError(f"collate: expected videos of one shape F,3,H,W, found {sorted(shapes)}")
         batch["video"] = torch.stack([item["video"] for item in items])
+    return batch
+
+
+# --- the batches of a run, in DataLoader workers ---------------------------------------------------
+def step_candidates(n: int, batch_size: int, seed: int, step: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Dataset indices for ``step``'s batch, in the order they are tried: a fixed slice of the
+    permutation of epoch ``step // (n // batch_size)`` seeded by (seed, epoch), followed by the rest
+    of that permutation (the refill for unusable items); process ``rank`` of ``world`` takes every
+    ``world``-th one. A function of (seed, step) only, so a resumed run replays the same batches."""
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    return (order[i * batch_size:] + order[:i * batch_size])[rank::world]
+
+
+class StepBatches(Dataset):
+    """Item ``step`` = that step's collated batch for this process and the unusable items found
+    while drawing it: ``{"step", "items", "bad": {index: reason}}``. Indexed by step (not by item),
+    so a ``torch.utils.data.DataLoader`` with workers prefetches whole batches in order and a
+    resumed run simply starts at its step (step-exact without replaying a sampler, which is what
+    accelerate's ``skip_first_batches`` would do). ``known_bad`` is the run's record when the
+    loader starts; an item found bad in a worker is skipped there either way, so the batches do
+    not depend on which worker found what."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 known_bad: dict[int, str] | None = None) -> None:
+        self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
+        self.known_bad = dict(known_bad or {})
+
+    def __len__(self) -> int:
+        return 2**62  # any step (the loader's sampler says which)
+
+    def __getitem__(self, step: int) -> dict[str, Any]:
+        candidates = step_candidates(len(self.dataset), self.batch_size, self.seed, step, self.rank, self.world)
+        bad = dict(self.known_bad)
+        items, new = draw_items(self.dataset, candidates, len(range(self.rank, self.batch_size, self.world)), bad)
+        return {"step": step, "items": collate(items), "bad": {j: bad[j] for j in new}}
+
+
+def step_loader(batches: StepBatches, start: int, stop: int, num_workers: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The batches of steps ``start .. stop - 1`` in order, ``num_workers`` processes preparing the
+    next ones while the current step trains (0: in the training process)."""
+    return torch.utils.data.DataLoader(batches, sampler=range(start, stop), batch_size=None, num_workers=num_workers,
+                                       collate_fn=_as_is, pin_memory=pin_memory,
+                                       prefetch_factor=2 if num_workers else None)
+
+
+def _as_is(batch):  # module level: DataLoader workers pickle the collate function
     return batch

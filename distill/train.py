@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from distill.checkpoint import RunDir, nonfinite_parameters
-from distill.data import collate, draw_items
+from distill.data import StepBatches, collate, step_loader
 from distill.feedback import RewardFeedback
 from distill.objectives.base import Batch, Objective, group_loss
 from distill.schema import RESUME_FREE, TRAIN
@@ -144,25 +144,28 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     return run
 
 
-def load_batch(run: Run, step: int) -> Batch:
-    """The batch of ``step``: a fixed slice of an epoch permutation seeded by (seed, epoch); each
-    process takes its own share of it. An unusable item is skipped and the share refilled from the
-    items after the slice (``distill.data.draw_items``): still a function of (seed, step, files)."""
-    n, bs = len(run.dataset), run.cfg.train.batch_size
-    per_epoch = max(1, n // bs)
-    epoch, i = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)).tolist()
-    rank, world = run.accelerator.process_index, run.accelerator.num_processes
-    candidates = (order[i * bs:] + order[:i * bs])[rank::world]
-    items, new = draw_items(run.dataset, candidates, len(range(rank, bs, world)), run.bad_items)
+def step_batches(run: Run) -> StepBatches:
+    """This process's share of every step's batch (distill.data.StepBatches)."""
+    acc = run.accelerator
+    return StepBatches(run.dataset, run.cfg.train.batch_size, run.cfg.seed, acc.process_index, acc.num_processes,
+                       run.bad_items)
+
+
+def load_batch(run: Run, step: int, drawn: dict | None = None) -> Batch:
+    """The batch of ``step`` (``drawn``: what the DataLoader prepared for it, else drawn here):
+    unusable items it met are recorded and logged, then videos go through the VAE and prompts
+    through the text encoder, in this process (on its device)."""
+    drawn = step_batches(run)[step] if drawn is None else drawn
+    new = {j: why for j, why in drawn["bad"].items() if j not in run.bad_items}
+    run.bad_items.update(new)
     if new and run.accelerator.is_main_process:
         name = getattr(run.dataset, "name", str)
-        run.out.log_skipped([f"step {step + 1}\t{j}\t{name(j)}\t{run.bad_items[j]}" for j in new])
-    limit = getattr(run.dataset, "max_skip_fraction", 0.0)
+        run.out.log_skipped([f"step {step + 1}\t{j}\t{name(j)}\t{why}" for j, why in new.items()])
+    n, limit = len(run.dataset), getattr(run.dataset, "max_skip_fraction", 0.0)
     if len(run.bad_items) > limit * n:
         raise TrainingStopped(f"data: {len(run.bad_items)} of {n} videos are unusable, more than "
                               f"data.max_skip_fraction={limit} allows (see {run.out.path / 'data_skipped.log'})")
-    items = collate(items)
+    items = drawn["items"]
     prompts = items["prompt"]
     device = run.accelerator.device
     latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
@@ -219,12 +222,12 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
     return finite
 
 
-def train_step(run: Run, step: int) -> dict:
+def train_step(run: Run, step: int, drawn: dict | None = None) -> dict:
     """One iteration: each group the objective schedules for this step gets its loss and its
     optimizer step; reward feedback joins the student's loss."""
     metrics: dict = {"step": step + 1}
     gen = step_generator(run, step)
-    batch = load_batch(run, step)
+    batch = load_batch(run, step, drawn)
     metrics["data/skipped"] = len(run.bad_items)
     taken = True
     for group in run.objective.updates(step):
@@ -245,9 +248,12 @@ def train(run: Run) -> None:
     cfg = run.cfg.train
     bar = tqdm(range(run.step, cfg.steps), initial=run.step, total=cfg.steps, desc="train",
                disable=not run.accelerator.is_main_process)
+    loader = iter(step_loader(step_batches(run), run.step, cfg.steps, cfg.num_workers,
+                              pin_memory=run.accelerator.device.type == "cuda"))
     for step in bar:
         t0 = time.perf_counter()
-        metrics = train_step(run, step)
+        drawn = next(loader)
+        metrics = train_step(run, step, drawn)
         metrics["sec"] = round(time.perf_counter() - t0, 4)
         run.step = step + 1
         run.history.append(metrics)

@@ -74,10 +74,10 @@ def test_killed_run_resumes_with_identical_losses(tmp_path, monkeypatch, objecti
 
     real_step = train_mod.train_step
 
-    def dies_at_step_5(run, step):
+    def dies_at_step_5(run, step, drawn=None):
         if step == 4:  # the 5th step: after the checkpoint of step 4 was written
             raise KeyboardInterrupt("killed")
-        return real_step(run, step)
+        return real_step(run, step, drawn)
 
     monkeypatch.setattr(train_mod, "train_step", dies_at_step_5)
     with pytest.raises(KeyboardInterrupt):
@@ -238,3 +238,13 @@ def test_optimizers_are_hydra_partials_and_a_missing_one_is_one_line(tmp_path):
     if importlib.util.find_spec("bitsandbytes") is None:  # T2V-Turbo's 8-bit AdamW is optional: one clear line
         with pytest.raises(ConfigError, match=r"^objective.optim.student.optimizer._target_=bitsandbytes.optim.AdamW8bit: cannot be imported .*install"):
             setup(cfg_for("objective.optim.student.optimizer._target_=bitsandbytes.optim.AdamW8bit"), tmp_path / "bnb")
+
+
+def test_dataloader_workers_give_the_same_steps_as_the_loop(tmp_path):
+    """train.num_workers prepares batches in DataLoader worker processes; the batches (and so the
+    losses) are a function of (seed, step) alone, so they equal the in-process run's."""
+    losses = {}
+    for workers in (0, 2):
+        run_training(cfg_for("train.steps=3", "reward=none", f"train.num_workers={workers}"), tmp_path / str(workers))
+        losses[workers] = [r["student/loss"] for r in metrics(tmp_path / str(workers))]
+    assert losses[0] == losses[2] and len(set(losses[0])) == 3
