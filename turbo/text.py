@@ -1,7 +1,7 @@
 """Frozen text encoders: prompts -> token embeddings the backbone cross-attends to.
 
-One encoder class per way a family's diffusers pipeline encodes a prompt (its ``encode_prompt``),
-all frozen and cached per prompt:
+One encoder class per family, each calling its diffusers pipeline's own ``encode_prompt`` (the
+pipeline built with only its text components), all frozen and cached per prompt:
 
 - ``TextEncoder``: one T5-style encoder, last hidden state, padding zeroed (Wan, the toy world).
 - ``CLIPTextEncoder``: CLIP's last hidden state over all 77 positions (SD 1.5, ModelScope).
@@ -17,9 +17,11 @@ all frozen and cached per prompt:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE as HUNYUAN_TEMPLATE
 from torch import Tensor, nn
 
 
@@ -75,9 +77,14 @@ class TextCond:
 
 
 class TextEncoder(nn.Module):
-    """A frozen transformers encoder plus its tokenizer (the T5 / UMT5 layout: last hidden state,
+    """A frozen text encoder plus its tokenizer, encoding prompts exactly as its family's diffusers
+    pipeline does: the pipeline itself (``pipeline_class``, holding only the text components) runs
+    its ``encode_prompt``. This class is the T5 / UMT5 layout of ``WanPipeline`` (last hidden state,
     padding positions zeroed). Embeddings are cached per prompt: the encoder is frozen, so a prompt
-    always maps to the same tensors. Subclasses for other families override ``encode``."""
+    always maps to the same tensors. Subclasses for other families set ``pipeline_class`` and
+    ``encode``."""
+
+    pipeline_class = "WanPipeline"
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int):
         super().__init__()
@@ -85,6 +92,7 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
+        self._pipe = None
 
     def train(self, mode: bool = True) -> "TextEncoder":
         return super().train(False)  # always frozen
@@ -98,13 +106,27 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def components(self) -> dict:
+        """The pipeline's text components (the same module objects this encoder holds)."""
+        return {"text_encoder": self.model, "tokenizer": self.tokenizer}
+
+    @property
+    def pipeline(self):
+        """The family's diffusers pipeline with only the text components (the others None)."""
+        if self._pipe is None:
+            import diffusers
+
+            cls = getattr(diffusers, self.pipeline_class)
+            names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+            parts = self.components()
+            self._pipe = cls(**{n: parts.get(n) for n in names if n in parts or _required(cls, n)})
+        return self._pipe
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
         """prompts -> (embeds B,L,D, mask B,L long, pooled B,P or None), uncached."""
-        tok = self.tokenizer(prompts, padding="max_length", max_length=self.max_length,
-                             truncation=True, return_tensors="pt")
-        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        return hidden * mask.unsqueeze(-1).to(hidden.dtype), mask, None
+        embeds, _ = self.pipeline.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                                max_sequence_length=self.max_length, device=self.device)
+        return embeds, _tokenize(self.tokenizer, prompts, self.max_length, self.device)[1], None
 
     @torch.no_grad()
     def forward(self, prompts: list[str]) -> TextCond:
@@ -118,6 +140,11 @@ class TextEncoder(nn.Module):
         cached = [self._cache[p] for p in prompts]
         pooled = None if cached[0][2] is None else torch.stack([c[2] for c in cached])
         return TextCond(torch.stack([c[0] for c in cached]), torch.stack([c[1] for c in cached]), pooled)
+
+
+def _required(cls, name: str) -> bool:
+    """Whether ``cls.__init__`` has no default for ``name`` (then it is passed as None)."""
+    return inspect.signature(cls.__init__).parameters[name].default is inspect.Parameter.empty
 
 
 def _width(model: nn.Module) -> int:
@@ -135,31 +162,26 @@ def _tokenize(tokenizer, prompts: list[str], max_length: int, device: torch.devi
     return tok.input_ids.to(device), tok.attention_mask.to(device)
 
 
-def _clip_states(model: nn.Module, ids: Tensor, layer: int) -> tuple[Tensor, Tensor]:
-    """A CLIP text model run as diffusers' SDXL / SD3 pipelines run it (no attention mask):
-    (hidden states of ``layer``, the first output: ``text_embeds`` for the projection variant)."""
-    out = model(ids, output_hidden_states=True)
-    return out.hidden_states[layer], out[0]
-
-
 class CLIPTextEncoder(TextEncoder):
     """SD 1.5 / ModelScope: ``CLIPTextModel``'s last hidden state (final layer norm applied) at all
-    ``max_length`` (77) positions; the attention mask is passed to the encoder only if its config
-    says ``use_attention_mask``, as in diffusers' ``StableDiffusionPipeline.encode_prompt``."""
+    ``max_length`` (77) positions, through ``TextToVideoSDPipeline.encode_prompt`` (the attention
+    mask reaches the encoder only if its config says ``use_attention_mask``)."""
+
+    pipeline_class = "TextToVideoSDPipeline"
 
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
-        ids, mask = _tokenize(self.tokenizer, prompts, self.max_length, self.device)
-        use_mask = getattr(self.model.config, "use_attention_mask", False)
-        hidden = self.model(ids, attention_mask=mask if use_mask else None)[0]
-        return hidden, mask, None
+        embeds, _ = self.pipeline.encode_prompt(prompts, self.device, 1, False)
+        return embeds, _tokenize(self.tokenizer, prompts, self.max_length, self.device)[1], None
 
 
 class SDXLTextEncoder(TextEncoder):
-    """SDXL: CLIP ViT-L (``CLIPTextModel``) and OpenCLIP ViT-bigG (``CLIPTextModelWithProjection``),
-    each tokenized to its own 77 tokens; embeds = both penultimate hidden states concatenated on
-    features (B,77,768+1280); pooled = the second encoder's ``text_embeds`` (B,1280).
-    ``zero_empty_prompt`` (SDXL's ``force_zeros_for_empty_prompt``): the empty prompt, which is
-    what ``uncond`` encodes, maps to all-zero embeds and pooled, as the pipeline's default negative."""
+    """SDXL (``StableDiffusionXLPipeline.encode_prompt``): CLIP ViT-L and OpenCLIP ViT-bigG, each
+    tokenized to its own 77 tokens; embeds = both penultimate hidden states concatenated on features
+    (B,77,768+1280); pooled = the second encoder's ``text_embeds`` (B,1280). ``zero_empty_prompt``
+    (SDXL's ``force_zeros_for_empty_prompt``): the empty prompt, which is what ``uncond`` encodes,
+    maps to all-zero embeds and pooled, as the pipeline's default negative does."""
+
+    pipeline_class = "StableDiffusionXLPipeline"
 
     def __init__(self, model: nn.Module, tokenizer, model_2: nn.Module, tokenizer_2, max_length: int = 77,
                  zero_empty_prompt: bool = True):
@@ -172,25 +194,27 @@ class SDXLTextEncoder(TextEncoder):
     def dim(self) -> int:
         return _width(self.model) + _width(self.model_2)
 
+    def components(self) -> dict:
+        return {**super().components(), "text_encoder_2": self.model_2, "tokenizer_2": self.tokenizer_2}
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
-        ids, mask = _tokenize(self.tokenizer, prompts, self.max_length, self.device)
-        ids_2, _ = _tokenize(self.tokenizer_2, prompts, self.max_length, self.device)
-        h1, _ = _clip_states(self.model, ids, -2)
-        h2, pooled = _clip_states(self.model_2, ids_2, -2)
-        embeds = torch.cat([h1, h2.to(h1.dtype)], dim=-1)
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompts, device=self.device,
+                                                           do_classifier_free_guidance=False)
         if self.zero_empty_prompt:
             empty = torch.tensor([p == "" for p in prompts], device=embeds.device)
             embeds = torch.where(empty[:, None, None], torch.zeros_like(embeds), embeds)
             pooled = torch.where(empty[:, None], torch.zeros_like(pooled), pooled)
-        return embeds, mask, pooled
+        return embeds, _tokenize(self.tokenizer, prompts, self.max_length, self.device)[1], pooled
 
 
 class SD3TextEncoder(TextEncoder):
-    """SD3: CLIP-L and CLIP-G (both ``CLIPTextModelWithProjection``, 77 tokens, penultimate states,
-    no attention mask) concatenated on features and zero-padded to T5's width, then T5-XXL's last
-    hidden state (``max_length`` tokens, 256 by default, no attention mask) appended on the
-    sequence: embeds B,77+256,4096. pooled = both CLIPs' ``text_embeds`` concatenated (B,768+1280).
-    The mask is 1 on every CLIP position and on T5's real tokens (the transformer reads no mask)."""
+    """SD3 (``StableDiffusion3Pipeline.encode_prompt``): CLIP-L and CLIP-G penultimate states (77
+    tokens) concatenated on features and zero-padded to T5's width, then T5-XXL's last hidden state
+    (``max_length`` tokens, 256 by default) on the sequence: embeds B,77+256,4096; pooled = both
+    CLIPs' ``text_embeds`` (B,768+1280). The mask is 1 on every CLIP position and on T5's real
+    tokens (the transformer reads no mask)."""
+
+    pipeline_class = "StableDiffusion3Pipeline"
 
     def __init__(self, model: nn.Module, tokenizer, model_2: nn.Module, tokenizer_2, model_3: nn.Module,
                  tokenizer_3, max_length: int = 256, clip_max_length: int = 77):
@@ -203,48 +227,31 @@ class SD3TextEncoder(TextEncoder):
     def dim(self) -> int:
         return _width(self.model_3)
 
+    def components(self) -> dict:
+        return {**super().components(), "text_encoder_2": self.model_2, "tokenizer_2": self.tokenizer_2,
+                "text_encoder_3": self.model_3, "tokenizer_3": self.tokenizer_3}
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
-        dev = self.device
-        ids, _ = _tokenize(self.tokenizer, prompts, self.clip_max_length, dev)
-        ids_2, _ = _tokenize(self.tokenizer_2, prompts, self.clip_max_length, dev)
-        ids_3, mask_3 = _tokenize(self.tokenizer_3, prompts, self.max_length, dev)
-        h1, p1 = _clip_states(self.model, ids, -2)
-        h2, p2 = _clip_states(self.model_2, ids_2, -2)
-        t5 = self.model_3(ids_3)[0]
-        clip = torch.cat([h1, h2.to(h1.dtype)], dim=-1).to(t5.dtype)
-        if clip.shape[-1] > t5.shape[-1]:
-            raise ValueError(f"SD3 text encoders: the CLIP features ({clip.shape[-1]}) must not be wider than "
-                             f"T5's ({t5.shape[-1]})")
-        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-        mask = torch.cat([torch.ones_like(ids), mask_3], dim=1)
-        return torch.cat([clip, t5], dim=1), mask, torch.cat([p1, p2.to(p1.dtype)], dim=-1)
-
-
-# diffusers' HunyuanVideoPipeline prompt template (a fact of the model: it was trained with it)
-# and the number of its tokens before the prompt under the LLaMA tokenizer (crop_start).
-HUNYUAN_VIDEO_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, style and atmosphere."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
-HUNYUAN_VIDEO_CROP_START = 95
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(prompts, None, None, device=self.device,
+                                                           do_classifier_free_guidance=False,
+                                                           max_sequence_length=self.max_length)
+        t5_mask = _tokenize(self.tokenizer_3, prompts, self.max_length, self.device)[1]
+        return embeds, torch.cat([torch.ones_like(t5_mask[:, :1]).expand(-1, self.clip_max_length), t5_mask], 1), pooled
 
 
 class HunyuanVideoTextEncoder(TextEncoder):
-    """HunyuanVideo: the prompt is put into ``template``, tokenized by the LLaMA tokenizer to
-    ``crop_start + max_length`` tokens, run through the LLaMA with the attention mask, and the
-    hidden states ``skip_layers + 1`` from the top are kept after cropping the template's first
-    ``crop_start`` tokens: embeds B,max_length,4096 (padding not zeroed: the transformer reads the
-    mask). pooled = CLIP-L's ``pooler_output`` on the bare prompt (77 tokens): B,768.
-    ``crop_start=None`` counts the template's tokens before the prompt with this tokenizer (for
-    tokenizers other than LLaMA's, such as the tiny models' byte tokenizer)."""
+    """HunyuanVideo (``HunyuanVideoPipeline.encode_prompt``): the prompt is put into ``template``,
+    run through the LLaMA, and the hidden states ``skip_layers + 1`` from the top are kept after
+    cropping the template's first ``crop_start`` tokens: embeds B,max_length,4096 (padding not
+    zeroed: the transformer reads the mask). pooled = CLIP-L's ``pooler_output`` on the bare prompt.
+    ``template`` / ``crop_start`` default to diffusers' ``DEFAULT_PROMPT_TEMPLATE`` (a fact of the
+    model: it was trained with it); ``crop_start=None`` counts the template's tokens before the
+    prompt with this tokenizer (for tokenizers other than LLaMA's, such as the tiny models')."""
+
+    pipeline_class = "HunyuanVideoPipeline"
 
     def __init__(self, model: nn.Module, tokenizer, model_2: nn.Module, tokenizer_2, max_length: int = 256,
-                 template: str = HUNYUAN_VIDEO_TEMPLATE, crop_start: int | None = HUNYUAN_VIDEO_CROP_START,
+                 template: str = HUNYUAN_TEMPLATE["template"], crop_start: int | None = HUNYUAN_TEMPLATE["crop_start"],
                  skip_layers: int = 2, clip_max_length: int = 77):
         super().__init__(model, tokenizer, max_length)
         self.model_2, self.tokenizer_2 = _frozen(model_2), tokenizer_2
@@ -255,15 +262,16 @@ class HunyuanVideoTextEncoder(TextEncoder):
         self.skip_layers = skip_layers
         self.clip_max_length = clip_max_length
 
+    def components(self) -> dict:
+        return {**super().components(), "text_encoder_2": self.model_2, "tokenizer_2": self.tokenizer_2}
+
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor, Tensor | None]:
-        dev = self.device
-        ids, mask = _tokenize(self.tokenizer, [self.template.format(p) for p in prompts],
-                              self.crop_start + self.max_length, dev)
-        hidden = self.model(input_ids=ids, attention_mask=mask,
-                            output_hidden_states=True).hidden_states[-(self.skip_layers + 1)]
-        ids_2, _ = _tokenize(self.tokenizer_2, prompts, self.clip_max_length, dev)
-        pooled = self.model_2(ids_2, output_hidden_states=False).pooler_output
-        return hidden[:, self.crop_start:], mask[:, self.crop_start:], pooled
+        # the two calls encode_prompt makes, with the layer-skip it does not pass through
+        embeds, mask = self.pipeline._get_llama_prompt_embeds(
+            prompts, {"template": self.template, "crop_start": self.crop_start}, device=self.device,
+            max_sequence_length=self.max_length, num_hidden_layers_to_skip=self.skip_layers)
+        pooled = self.pipeline._get_clip_prompt_embeds(prompts, device=self.device, max_sequence_length=self.clip_max_length)
+        return embeds, mask.long(), pooled
 
 
 def _count_prefix_tokens(tokenizer, template: str) -> int:

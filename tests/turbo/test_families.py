@@ -220,12 +220,9 @@ def test_hunyuan_text_matches_diffusers_encode_prompt():
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
     from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
 
-    from turbo.text import HUNYUAN_VIDEO_CROP_START, HUNYUAN_VIDEO_TEMPLATE
-
-    assert (HUNYUAN_VIDEO_TEMPLATE, HUNYUAN_VIDEO_CROP_START) == (DEFAULT_PROMPT_TEMPLATE["template"],
-                                                                  DEFAULT_PROMPT_TEMPLATE["crop_start"])
     enc = tiny_hunyuan_text_encoder()
-    assert enc.crop_start == len(HUNYUAN_VIDEO_TEMPLATE.split("{}")[0].encode())  # byte tokenizer, no BOS
+    assert enc.template == DEFAULT_PROMPT_TEMPLATE["template"]
+    assert enc.crop_start == len(enc.template.split("{}")[0].encode())  # byte tokenizer, no BOS
     pipe = HunyuanVideoPipeline(text_encoder=enc.model, tokenizer=enc.tokenizer, transformer=tiny_hunyuan(),
                                 vae=tiny_hunyuan_vae().vae, scheduler=FlowMatchEulerDiscreteScheduler(),
                                 text_encoder_2=enc.model_2, tokenizer_2=enc.tokenizer_2)
