@@ -44,7 +44,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -276,39 +275,36 @@ def _check_steps(num_steps: int, most: int) -> None:
 
 
 def flow_match_plan(schedule: FlowSchedule, num_steps: int) -> SamplingPlan:
-    """The grid of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(n)``
-    (static shift, no Karras / dynamic shifting), computed as diffusers does it, precision included:
-    ``sigma = shift(linspace(1, sigma_min, n))`` in float64, rounded to float32, with
-    ``sigma_min = shift(1 / T)`` from the float32 training grid -- so the shift is applied twice at
-    the low end, a diffusers quirk we keep for parity. The network gets ``T * sigma`` in float32;
-    the step after the last point lands on sigma 0 (clean)."""
-    T, shift = schedule.num_train_timesteps, schedule.shift
-    _check_steps(num_steps, T)
-    u_min = torch.tensor(1.0, dtype=torch.float32) / T  # the last point of diffusers' float32 training grid
-    sigma_min = (shift * u_min / (1 + (shift - 1) * u_min)).item()
-    sigma_max = 1.0  # shift(1) = 1
-    u = np.linspace(sigma_max * T, sigma_min * T, num_steps) / T
-    sigmas = torch.from_numpy(shift * u / (1 + (shift - 1) * u)).to(torch.float32)
-    grid = GridSchedule("flow", 1.0 - sigmas.double(), sigmas.double(), sigmas * T)
+    """The grid of diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s).set_timesteps(n)`` (static
+    shift), read from the scheduler itself: its sigmas are the plan's points (alpha = 1 - sigma),
+    its timesteps what the network gets; the step after the last point lands on sigma 0 (clean)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    _check_steps(num_steps, schedule.num_train_timesteps)
+    ref = FlowMatchEulerDiscreteScheduler(num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift)
+    ref.set_timesteps(num_steps)
+    sigmas = ref.sigmas[:num_steps].to(torch.float32)
+    grid = GridSchedule("flow", 1.0 - sigmas.double(), sigmas.double(), ref.timesteps.to(torch.float32))
     idx = list(range(num_steps))
     return SamplingPlan(grid, tuple(idx), (*idx[1:], None))
 
 
 def ddim_plan(schedule: VPSchedule, num_steps: int, spacing: str = "leading", steps_offset: int = 1,
               set_alpha_to_one: bool = False) -> SamplingPlan:
-    """The itinerary of diffusers' deterministic ``DDIMScheduler`` (eta 0): ``spacing`` "leading"
-    (``arange(n) * (T // n) + steps_offset``, descending) or "trailing" (``round(arange(T, 0, -T / n)) - 1``);
-    every step lands on ``t - T // n``; a landing below 0 is the clean end (``set_alpha_to_one``) or
-    index 0 (alpha-bar of the first training timestep)."""
+    """The itinerary of diffusers' deterministic ``DDIMScheduler`` (eta 0), its timesteps read from
+    ``set_timesteps`` (``spacing`` "leading" or "trailing"); every step lands on ``t - T // n``, as
+    its ``step`` does; a landing below 0 is the clean end (``set_alpha_to_one``) or index 0 (the
+    alpha-bar of the first training timestep)."""
+    from diffusers import DDIMScheduler
+
     T = schedule.num_train_timesteps
     _check_steps(num_steps, T)
-    if spacing == "leading":
-        ts = (np.arange(0, num_steps) * (T // num_steps)).round()[::-1].astype(np.int64) + steps_offset
-    elif spacing == "trailing":
-        ts = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1
-    else:
+    if spacing not in ("leading", "trailing"):
         raise ValueError(f"DDIM spacing must be 'leading' or 'trailing', found {spacing!r}")
-    timesteps = [int(t) for t in ts]
+    ref = DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=steps_offset,
+                        set_alpha_to_one=set_alpha_to_one)
+    ref.set_timesteps(num_steps)
+    timesteps = [int(t) for t in ref.timesteps]
     if max(timesteps) >= T:
         raise ValueError(f"steps_offset={steps_offset} puts the first DDIM timestep at {max(timesteps)}, past T-1={T - 1}")
     end = None if set_alpha_to_one else 0
