@@ -314,7 +314,9 @@ def ddim_plan(schedule: VPSchedule, num_steps: int, spacing: str = "leading", st
 
 @dataclass(frozen=True)
 class ConsistencyBoundary:
-    """LCM boundary-condition scalings (sigma_data 0.5, timestep_scaling 10 in LCM / T2V-Turbo):
+    """LCM boundary-condition scalings (``LCMScheduler.get_scalings_for_boundary_condition_discrete``,
+    equal to it in tests/turbo/test_schedule.py; kept here because the scheduler fixes sigma_data at
+    0.5 and the CD objective exposes it) (sigma_data 0.5, timestep_scaling 10 in LCM / T2V-Turbo):
     ``c_skip = sd^2 / ((s t)^2 + sd^2)``, ``c_out = s t / sqrt((s t)^2 + sd^2)`` with t the
     integer timestep, so a consistency function ``f = c_skip x_t + c_out x0(x_t)`` is x_t at t=0."""
 

@@ -165,3 +165,22 @@ def test_ddim_plan_is_diffusers_ddim(spacing, offset, steps, alpha_one):
         got = 1.0 if target is None else sched.alpha_sigma(target, like)[0].item() ** 2
         assert got == pytest.approx(want.item(), rel=1e-6)
     assert sched.sampling_plan(steps, "diffusers") == ddim_plan(sched, steps)  # leading, offset 1, abar_0 at the end
+
+
+def test_consistency_boundary_equals_lcm_schedulers_scalings():
+    """Our boundary scalings are LCMScheduler's (which fixes sigma_data at 0.5; ours takes the
+    objective's sigma_data); a wrong timestep_scaling would move them."""
+    from diffusers import LCMScheduler
+
+    from turbo.schedule import ConsistencyBoundary
+
+    t = torch.tensor([0, 1, 19, 259, 999])
+    like = torch.zeros(len(t), 4, 2, 3, 3)
+    for scaling in (10.0, 1.0):
+        ref = LCMScheduler(timestep_scaling=scaling)
+        c_skip, c_out = ConsistencyBoundary(0.5, scaling)(t, like)
+        for i, ti in enumerate(t.tolist()):
+            want_skip, want_out = ref.get_scalings_for_boundary_condition_discrete(ti)
+            assert c_skip[i].flatten()[0].item() == pytest.approx(want_skip, rel=1e-6)
+            assert c_out[i].flatten()[0].item() == pytest.approx(want_out, rel=1e-6)
+    assert ConsistencyBoundary(0.5, 10.0)(t, like)[0][0].flatten()[0] == 1.0  # f(x, 0) = x
