@@ -75,6 +75,11 @@ def flatten(node, prefix: str = "") -> dict:
     return {prefix: node}
 
 
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (diverged, or too much of its data is unusable); the message says why."""
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)

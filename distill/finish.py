@@ -1,0 +1,129 @@
+"""The end of a turbo-train run: what it writes once training is over.
+
+    stages(run)        the teacher at samples.teacher_steps and samples.student_steps, and the
+                       student with its objective's sampler: each a turbo.pipeline.Stage
+    finish(run)        student/ (LoRA, sampler.json, exports), teacher vs student samples with
+                       honest timings, the benchmark (``eval``), curves.png, report.md, DONE
+
+``train.py`` imports it; it reads the ``Run`` that ``distill.train.setup`` built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import DictConfig
+
+from distill.checkpoint import TrainingStopped, nonfinite_parameters
+from distill.data import collate
+from turbo.export import MERGED_DIR, save_merged, save_original_keys
+from turbo.lora import save_lora
+from turbo.paths import safe_name
+from turbo.pipeline import Stage
+from turbo.plots import plot_curves
+from turbo.sampling import Sampler
+from turbo.timing import median_seconds, speedup_bound
+from turbo.video import write_video
+
+if TYPE_CHECKING:
+    from distill.train import Run
+
+
+def stages(run: Run) -> dict[str, Stage]:
+    """What the end of a run samples, each a ``Stage`` on the run's one denoiser: the teacher with
+    CFG at ``samples.teacher_steps`` and at ``samples.student_steps`` (what distillation buys over
+    just taking fewer steps) and, when the objective trains one, the student with its own sampler."""
+    s = run.cfg.samples
+    parts = dict(text=run.text, vae=run.vae, denoiser=run.denoiser, device=run.accelerator.device, i2v=run.i2v)
+    out = {f"teacher, {n} steps, CFG {s.teacher_guidance}":
+           Stage(role="teacher", sampler=Sampler("teacher", steps=n, guidance_scale=s.teacher_guidance), **parts)
+           for n in dict.fromkeys((s.teacher_steps, s.student_steps))}
+    if run.objective.student is not None:
+        out[f"student, {s.student_steps} steps"] = Stage(
+            role=run.objective.student, sampler=run.objective.sampler(s.student_steps, s.student_guidance), **parts)
+    return out
+
+
+def first_frames(run: Run, n: int) -> tuple[list[str], torch.Tensor | None]:
+    """The sample prompts, or for an I2V model the prompts and first frames of the first training items."""
+    if run.i2v is None:
+        return list(run.cfg.samples.prompts), None
+    items = collate([run.dataset[i] for i in range(min(n, len(run.dataset)))])
+    return items["prompt"], items["video"][:, 0]
+
+
+@torch.no_grad()
+def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
+    """The first and the last stage (the many-step teacher and the student) on the same prompts and
+    seed, written as mp4s. Returns seconds per video of sampling alone (the VAE decode, the same for
+    both, is apart): the call that made the saved videos is the warm-up, then the median of 3."""
+    s, v = run.cfg.samples, run.cfg.video
+    prompts, frames = first_frames(run, len(s.prompts))
+    timings = {}
+    for label in dict.fromkeys((next(iter(stages)), list(stages)[-1])):
+        who = label.split(",")[0]
+        def sample():
+            return stages[label].latents(prompts, v.num_frames, v.height, v.width,
+                                         torch.Generator().manual_seed(s.seed), first_frame=frames)
+        latents = sample()  # also the warm-up
+        timings[who] = median_seconds(sample, warmup=0) / len(prompts)
+        videos = run.vae.decode(latents)
+        timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
+        for i, (prompt, video) in enumerate(zip(prompts, videos)):
+            write_video(run.out.path / "samples" / f"{who}_{i:02d}_{safe_name(prompt, 60)}.mp4", video, fps=s.fps)
+    return timings
+
+
+def videos_of(stage: Stage, video: DictConfig):
+    """``(prompts, seed) -> B,F,3,H,W`` videos in [0, 1] of ``stage``: what a benchmark samples."""
+    return lambda prompts, seed: stage.video(prompts, video.num_frames, video.height, video.width,
+                                             torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def evaluate(run: Run, stages: dict[str, Stage]) -> tuple[dict, str]:
+    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none) on every stage. The
+    config names the evaluator, so distill/ never imports eval/; any object with
+    ``compare(samplers, out=..., fps=..., nfe=...) -> (results, markdown)`` fits."""
+    if run.bench is None:
+        return {}, ""
+    samplers = {label: videos_of(stage, run.cfg.video) for label, stage in stages.items()}
+    nfe = {label: stage.sampler.nfe for label, stage in stages.items()}
+    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe)
+
+
+def save_student(run: Run, adapter: str, sampler: Sampler) -> None:
+    """``student/``: the diffusers LoRA, ``sampler.json`` and the exports ``student.export`` asks for."""
+    folder, export = run.out.path / "student", run.cfg.student.export
+    save_lora(run.denoiser, adapter, folder)
+    sampler.save(folder)
+    if export.original_keys:
+        save_original_keys(run.denoiser, adapter, folder)
+    if export.merged:
+        save_merged(run.denoiser, adapter, folder / MERGED_DIR, guidance=sampler.guidance)
+
+
+def finish(run: Run) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    bad = nonfinite_parameters(run.denoiser, run.objective)
+    if bad:  # never save a NaN student (unreachable while non-finite steps are skipped, kept as a guard)
+        raise TrainingStopped(f"train: {len(bad)} trained tensors hold non-finite values (first: {bad[0]}); "
+                              f"no student written, no DONE; last good checkpoint: {run.out.latest() or 'none'}")
+    s = run.cfg.samples
+    student = run.objective.student
+    if student is not None:
+        save_student(run, student, run.objective.sampler(s.student_steps, s.student_guidance))
+    run.objective.export(run.out.path)
+    end = stages(run)
+    timings = sample_videos(run, end)
+    results, table = evaluate(run, end)
+    plot_curves(run.history, run.out.path / "curves.png")
+    if "student" in timings:
+        first, last = next(iter(end.values())), list(end.values())[-1]
+        timings["speedup"] = timings["teacher"] / timings["student"]
+        timings["speedup_bound"] = speedup_bound(first.sampler.nfe, last.sampler.nfe)
+    run.out.write_report(run.cfg, run.history, timings, evaluation=table)
+    run.out.mark_done({"steps": run.step, "final": run.history[-1] if run.history else {}, "sec_per_video": timings,
+                       "eval": results})
