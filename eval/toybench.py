@@ -23,10 +23,11 @@ from torch import Tensor
 
 # the detectors, re-exported: ``from eval.toybench import analyse_video, ...`` keeps working
 from eval.toy_detectors import (  # noqa: F401
-    FEATURE_STD_FLOOR, FEATURES, NORMALISATION, PALETTE, PALETTE_NAMES, PALETTE_THRESHOLD, QUALITY_DIMENSIONS,
-    SEMANTIC_DIMENSIONS, DetectedObject, VideoAnalysis, analyse_video, analyse_videos, classify_motion,
-    classify_pixels, classify_shape, detect_objects, find_blobs, frechet_distance, score_video, video_features,
+    NORMALISATION, PALETTE, PALETTE_NAMES, PALETTE_THRESHOLD, QUALITY_DIMENSIONS, SEMANTIC_DIMENSIONS,
+    DetectedObject, VideoAnalysis, analyse_video, analyse_videos, classify_motion, classify_pixels, classify_shape,
+    detect_objects, find_blobs,
 )
+from eval.toy_scores import FEATURE_STD_FLOOR, FEATURES, frechet_distance, score_video, video_features  # noqa: F401
 from turbo.paths import safe_name
 from turbo.toy.split import split_specs, stream_seed  # noqa: F401  (split_specs: re-exported for tests)
 from turbo.toy.world import SceneSpec, ToyWorld, parse_caption

@@ -48,7 +48,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -58,7 +57,7 @@ from torch import Tensor, nn
 from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
-from rewards.internvideo2 import TINY_VOCAB
+from rewards.internvideo2 import TINY_VOCAB, load_bert_tokenizer, tiny_bert_tokenizer
 from rewards.loading import load_checkpoint_into
 
 # The official normalisation of the head's output (ImageReward.py: self.mean, self.std).
@@ -289,24 +288,12 @@ def blip_tokenizer(base):
 
 def tiny_blip_tokenizer():
     """The tiny WordPiece vocabulary of ``rewards.internvideo2`` + BLIP's two tokens (no files, no network)."""
-    from transformers import BertTokenizer
-
-    return blip_tokenizer(BertTokenizer(vocab={token: i for i, token in enumerate(TINY_VOCAB)}))
+    return blip_tokenizer(tiny_bert_tokenizer())
 
 
 def load_blip_tokenizer(path: str | os.PathLike, *, name: str = "image_reward"):
     """bert-base-uncased's tokenizer from a local folder or its vocab.txt, plus BLIP's tokens; never downloads."""
-    from transformers import BertTokenizer
-
-    path = Path(path)
-    if path.is_dir():
-        return blip_tokenizer(BertTokenizer.from_pretrained(str(path), local_files_only=True))
-    if path.is_file():
-        return blip_tokenizer(BertTokenizer(vocab=str(path), do_lower_case=True))
-    raise FileNotFoundError(
-        f"reward '{name}': BERT tokenizer {str(path)!r} not found; set reward.{name}.model.tokenizer_path "
-        "to a local bert-base-uncased folder or its vocab.txt (nothing is downloaded)"
-    )
+    return blip_tokenizer(load_bert_tokenizer(path, name=name))
 
 
 def tiny_image_reward_model(seed: int = 0, **changes) -> ImageRewardModel:

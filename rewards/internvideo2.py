@@ -94,7 +94,7 @@ def load_bert_tokenizer(path: str | os.PathLike, *, name: str = "internvideo2"):
         return BertTokenizer(vocab=str(path), do_lower_case=True)
     raise FileNotFoundError(
         f"reward '{name}': BERT tokenizer {str(path)!r} not found; set reward.{name}.model.tokenizer_path "
-        "to a local bert-large-uncased folder or its vocab.txt (nothing is downloaded)"
+        "to a local bert-*-uncased folder or its vocab.txt (nothing is downloaded)"
     )
 
 

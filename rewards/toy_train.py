@@ -5,7 +5,7 @@
 Positives: ToyWorld clips of the training split with their captions; symmetric InfoNCE with
 in-batch negatives plus one hard-negative caption per clip (one attribute changed), as before.
 
-Negatives (``robust=True``), so that the reward ranks *generated* videos and a small pixel pattern
+Negatives (``robust=True``, rewards/toy_negatives.py), so that the reward ranks *generated* videos and a small pixel pattern
 does not buy a high score. Each is paired with a target caption and must match a learned "none"
 text embedding better than any caption (cross-entropy over [captions, none] with target none):
 
@@ -30,7 +30,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rewards.toy import ATTRIBUTES, ToyDualEncoder, ToyImageText, ToyReward, ToyRewardConfig, ToyVideoText
+from rewards.toy_negatives import AttackPool, simple_negatives  # noqa: F401 (re-exported)
 from turbo.toy import assets
 from turbo.toy.split import split_specs, stream_seed, training_specs
-from turbo.toy.world import BACKGROUND, COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, ToyWorld
+from turbo.toy.world import COLOURS, MOTIONS, SHAPES, ObjectSpec, SceneSpec, ToyWorld
 
 VALUES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": tuple(MOTIONS)}
 
@@ -92,93 +92,6 @@ def none_loss(visual: Tensor, text: Tensor, none: Tensor, logit_scale: Tensor) -
     texts = torch.cat([text, none[None]])
     logits = logit_scale.exp() * F.normalize(visual, dim=-1) @ F.normalize(texts, dim=-1).T  # N, N + 1
     return F.cross_entropy(logits, torch.full((visual.shape[0],), texts.shape[0] - 1, device=visual.device))
-
-
-# --- negatives ------------------------------------------------------------------------------------
-
-def _background(n: int, frames: int, size: int, generator: torch.Generator) -> Tensor:
-    jitter = 1 + 0.5 * (torch.rand(n, 1, 1, 1, 1, generator=generator) - 0.5)
-    return (torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1) * jitter).expand(n, frames, 3, size, size).clone()
-
-
-def _blur(video: Tensor, sigma: float) -> Tensor:
-    from torchvision.transforms.v2.functional import gaussian_blur
-
-    k = 2 * math.ceil(3 * sigma) + 1
-    b, f = video.shape[:2]
-    return gaussian_blur(video.flatten(0, 1), [k, k], [sigma, sigma]).unflatten(0, (b, f))
-
-
-def simple_negatives(real: Tensor, generator: torch.Generator, partial: bool) -> Tensor:
-    """One negative per real clip (B,F,3,S,S in [0, 1]): noise, blank, strong blur or (video model)
-    the clip with its object erased from a random run of frames, picked at random per clip."""
-    b, f, _, s, _ = real.shape
-    kinds = torch.randint(4 if partial else 3, (b,), generator=generator)
-    out = torch.empty_like(real)
-    bg = _background(b, f, s, generator)
-    for i, kind in enumerate(kinds.tolist()):
-        if kind == 0:  # noise: uniform, or Gaussian around the background
-            if torch.rand((), generator=generator) < 0.5:
-                out[i] = torch.rand(real[i].shape, generator=generator)
-            else:
-                scale = 0.3 * float(torch.rand((), generator=generator))
-                out[i] = (bg[i] + scale * torch.randn(real[i].shape, generator=generator)).clamp(0, 1)
-        elif kind == 1:
-            out[i] = bg[i]
-        elif kind == 2:
-            out[i] = _blur(real[i : i + 1], 2 + 2 * float(torch.rand((), generator=generator)))[0]
-        else:  # partial: erase the object (every non-background pixel) from a run of frames
-            start = int(torch.randint(f, (), generator=generator))
-            length = int(torch.randint(1, f - f // 3 + 1, (), generator=generator))
-            clip = real[i].clone()
-            gone = slice(start, min(f, start + length))
-            clip[gone] = torch.tensor(BACKGROUND).view(1, 3, 1, 1)
-            out[i] = clip
-    return out
-
-
-class AttackPool:
-    """Videos being pushed up the current model's score for their target captions (module doc)."""
-
-    def __init__(self, size: int, frames: int, image_size: int, captions: Sequence[str], generator: torch.Generator,
-                 step_size: float, age: int) -> None:
-        self.captions, self.generator, self.step_size, self.max_age = list(captions), generator, step_size, age
-        self.frames, self.image_size = frames, image_size
-        self.videos = torch.empty(size, frames, 3, image_size, image_size)
-        self.targets: list[str] = [""] * size
-        self.age = torch.zeros(size, dtype=torch.long)
-        for i in range(size):
-            self._restart(i)
-        self.cursor = 0
-
-    def _restart(self, i: int) -> None:
-        if torch.rand((), generator=self.generator) < 0.5:
-            self.videos[i] = _background(1, self.frames, self.image_size, self.generator)[0]
-        else:
-            self.videos[i] = torch.rand(self.videos[i].shape, generator=self.generator)
-        self.targets[i] = self.captions[int(torch.randint(len(self.captions), (), generator=self.generator))]
-        self.age[i] = 0
-
-    def refine(self, model: ToyDualEncoder, count: int, steps: int) -> tuple[Tensor, list[str]]:
-        """The next ``count`` pool videos after ``steps`` more ascent steps on cos(visual, target)."""
-        idx = [(self.cursor + j) % len(self.targets) for j in range(count)]
-        self.cursor = (self.cursor + count) % len(self.targets)
-        for i in idx:
-            if self.age[i] >= self.max_age:
-                self._restart(i)
-        video = self.videos[idx].clone()
-        targets = [self.targets[i] for i in idx]
-        with torch.no_grad():
-            text = F.normalize(model.encode_text(targets), dim=-1)
-        for _ in range(steps):
-            video.requires_grad_(True)
-            visual = F.normalize(model.encode_visual(video), dim=-1)
-            score = (visual * (text[:, None] if visual.ndim == 3 else text)).sum(-1).sum()
-            (grad,) = torch.autograd.grad(score, video)
-            video = (video.detach() + self.step_size * grad.sign()).clamp(0, 1)
-        self.videos[idx] = video
-        self.age[idx] += 1
-        return video, targets
 
 
 # --- training ---------------------------------------------------------------------------------------
