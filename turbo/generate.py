@@ -146,10 +146,6 @@ def load_image_stage(cfg: DictConfig) -> Stage:
 
 
 # --- sampling -----------------------------------------------------------------------------------
-def sampler_steps(cfg: DictConfig) -> int:
-    return sampler_from_config(cfg.sampler, cfg.lora).num_steps
-
-
 def first_frame_of(cfg: DictConfig) -> Tensor:
     """mode=i2v's first frame: ``image`` as 3,H,W in [0, 1] at the video size."""
     return load_image(str(cfg.image), int(cfg.video.height), int(cfg.video.width), key="image")
