@@ -55,23 +55,26 @@ def first_frames(run: Run, n: int) -> tuple[list[str], torch.Tensor | None]:
 
 @torch.no_grad()
 def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
-    """The first and the last stage (the many-step teacher and the student) on the same prompts and
-    seed, written as mp4s. Returns seconds per video of sampling alone (the VAE decode, the same for
+    """The first stage (the many-step teacher) and the student's, when there is one, on the same
+    prompts and seed, written as mp4s. Returns seconds per video of sampling alone (the VAE decode, the same for
     both, is apart): the call that made the saved videos is the warm-up, then the median of 3."""
     s, v = run.cfg.samples, run.cfg.video
     prompts, frames = first_frames(run, len(s.prompts))
     timings = {}
-    for label in dict.fromkeys((next(iter(stages)), list(stages)[-1])):
-        who = label.split(",")[0]
+    chosen = {"teacher": next(iter(stages.values()))}
+    if run.objective.student is not None:  # stages() puts the student last
+        chosen["student"] = list(stages.values())[-1]
+    for who, stage in chosen.items():
         def sample():
-            return stages[label].latents(prompts, v.num_frames, v.height, v.width,
-                                         torch.Generator().manual_seed(s.seed), first_frame=frames)
+            return stage.latents(prompts, v.num_frames, v.height, v.width, torch.Generator().manual_seed(s.seed),
+                                 first_frame=frames)
         latents = sample()  # also the warm-up
         timings[who] = median_seconds(sample, warmup=0) / len(prompts)
         videos = run.vae.decode(latents)
-        timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
         for i, (prompt, video) in enumerate(zip(prompts, videos)):
             write_video(run.out.path / "samples" / f"{who}_{i:02d}_{safe_name(prompt, 60)}.mp4", video, fps=s.fps)
+    # the decode is the same work for every stage: timed once, on the last one's latents
+    timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
     return timings
 
 

@@ -60,7 +60,12 @@ def test_trains_exactly_its_group(train):
     assert all(p.grad is None for p in frozen)
 
 
-def test_pretrained_teacher_is_exported_and_loads_back(tmp_path):
+def test_pretrained_teacher_is_exported_and_loads_back(tmp_path, monkeypatch):
+    from turbo.pipeline import Stage
+
+    sampled, latents = [], Stage.latents
+    monkeypatch.setattr(Stage, "latents", lambda self, *a, **k: (sampled.append(self.sampler.num_steps),
+                                                                   latents(self, *a, **k))[1])
     run_training(cfg_for("objective=diffusion", "train.steps=4", "reward=none"), tmp_path)
     rows = metrics(tmp_path)
     assert all("diffusion" in r and "model/grad_norm" in r for r in rows)
@@ -70,6 +75,11 @@ def test_pretrained_teacher_is_exported_and_loads_back(tmp_path):
                            tiny_wan(seed=0).state_dict()["blocks.0.attn1.to_q.weight"])  # it did train
     cfg = json.loads((tmp_path / "teacher" / "transformer" / "config.json").read_text())
     assert cfg["_class_name"] == "WanTransformer3DModel"
+    # no student: the samples and timings are the many-step teacher's alone
+    assert sorted(p.name.split("_")[0] for p in (tmp_path / "samples").glob("*.mp4")) == ["teacher"]
+    timing = json.loads((tmp_path / "DONE").read_text())["sec_per_video"]
+    assert "student" not in timing and "speedup" not in timing and timing["teacher"] > 0
+    assert set(sampled) == {4}  # samples.teacher_steps only: the 2-step teacher stage is not sampled over it
 
 
 def test_clean_state_dict_matches_a_plain_model():
