@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from turbo.denoiser import Denoiser, Role
-from turbo.schedule import GRIDS, ConsistencyBoundary, SamplingPlan, lcm_timesteps
+from turbo.schedule import GRIDS, ConsistencyBoundary, SamplingPlan, lcm_timesteps, trailing_timesteps
 from turbo.text import TextCond
 from turbo.timing import cfg_nfe
 
@@ -195,7 +195,7 @@ class Sampler:
     def with_steps(self, steps: int | None = None, guidance: float | None = None,
                    num_train_timesteps: int = 1000) -> "Sampler":
         """The same sampler with another step count (a fixed-timestep sampler then takes evenly
-        spread "trailing" timesteps, ``Schedule.inference_timesteps``) and, for consistency, another w."""
+        spread "trailing" timesteps, ``turbo.schedule.trailing_timesteps``) and, for consistency, another w."""
         out = self
         if guidance is not None:
             if self.name != "consistency":
@@ -208,9 +208,7 @@ class Sampler:
             return replace(out, steps=int(steps))
         if not 1 <= steps <= num_train_timesteps:
             raise SamplerError(f"sampler steps must be in 1..{num_train_timesteps}, found {steps}")
-        spread = torch.round(torch.arange(num_train_timesteps, 0, -num_train_timesteps / steps,
-                                          dtype=torch.float64)).long() - 1
-        return replace(out, timesteps=tuple(spread[:steps].tolist()))
+        return replace(out, timesteps=tuple(trailing_timesteps(steps, num_train_timesteps).tolist()))
 
     def to_dict(self) -> dict:
         """The settings its kind reads, as JSON values (``from_dict`` inverts it)."""

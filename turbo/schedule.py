@@ -147,11 +147,7 @@ class Schedule(ABC):
     def inference_timesteps(self, num_steps: int) -> Tensor:
         """Descending sampling timesteps spread evenly ("trailing" spacing, which starts at T-1
         as Wan and the LCM grid do): for T=1000, 4 steps -> 999, 749, 499, 249."""
-        if not 1 <= num_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_steps must be in 1..{self.num_train_timesteps}, found {num_steps}")
-        T = self.num_train_timesteps
-        ts = torch.round(torch.arange(T, 0, -T / num_steps, dtype=torch.float64)).long() - 1
-        return ts[:num_steps]
+        return trailing_timesteps(num_steps, self.num_train_timesteps)
 
     def sampling_plan(self, num_steps: int, grid: str = "index") -> "SamplingPlan":
         """The deterministic sampler's plan for ``num_steps`` steps on ``grid`` ("index" or
@@ -269,6 +265,14 @@ class SamplingPlan:
 GRIDS = ("index", "diffusers")
 
 
+def trailing_timesteps(num_steps: int, num_train_timesteps: int = 1000) -> Tensor:
+    """``num_steps`` descending timesteps of a ``num_train_timesteps`` grid spread evenly, "trailing"
+    (``round(arange(T, 0, -T / n)) - 1``, starting at T-1): 4 of 1000 -> 999, 749, 499, 249."""
+    _check_steps(num_steps, num_train_timesteps)
+    T = num_train_timesteps
+    return (torch.round(torch.arange(T, 0, -T / num_steps, dtype=torch.float64)).long() - 1)[:num_steps]
+
+
 def _check_steps(num_steps: int, most: int) -> None:
     if not 1 <= num_steps <= most:
         raise ValueError(f"num_steps must be in 1..{most}, found {num_steps}")
@@ -339,4 +343,4 @@ def lcm_timesteps(num_steps: int, grid: Tensor) -> Tensor:
 
 
 __all__ = ["Schedule", "VPSchedule", "FlowSchedule", "GridSchedule", "SamplingPlan", "GRIDS", "ConsistencyBoundary",
-           "lcm_timesteps", "flow_match_plan", "ddim_plan"]
+           "lcm_timesteps", "trailing_timesteps", "flow_match_plan", "ddim_plan"]

@@ -94,3 +94,12 @@ def test_diffusers_grid_runs_on_its_own_points_without_swapping_the_schedule():
     assert d.schedule is own and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="the sampling plan has 3 steps, but steps=4"):
         sample_teacher(d, cond, None, shape, 4, 1.0, torch.Generator(), grid=own.sampling_plan(3))
+
+
+def test_a_fixed_sampler_with_another_step_count_takes_the_schedules_trailing_timesteps():
+    from turbo.sampling import Sampler
+
+    trained = Sampler("fixed", timesteps=(999, 499))
+    assert trained.with_steps(4).timesteps == (999, 749, 499, 249)
+    assert trained.with_steps(3).timesteps == tuple(FlowSchedule(shift=3.0).inference_timesteps(3).tolist())
+    assert trained.with_steps(2) is trained  # its own count: the trained list, unchanged
