@@ -8,6 +8,12 @@ end-of-run benchmark (``DONE["eval"]``, e.g. ToyBench's teacher at 50 and 4 step
 at 4): the sweep's overrides that tell runs apart, the scores, sampling seconds per video and the
 run's training steps and time. Rows of samplers that do not depend on the run (the teacher, when
 every run has the same teacher) are printed once.
+
+A sweep over seeds (``turbo-train -m seed=0,1,2 reward=toy,none``) is pooled with ``--seeds``:
+one row per arm (the overrides but ``seed=``) and sampler, each score as mean +- sd over the
+arm's runs, with n; ``--plot curves.png`` draws the validation probe (``--metric``, default
+``val/total``) against the training step, the arm's mean with a band of +- one sd. Several
+folders can be pooled into one table (an arm shared by two claims is run once).
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import yaml
 SCORES = ("quality", "semantic", "total", "colour", "shape", "motion", "count")
 
 
-def find_runs(root: str | Path) -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"turbo-report: {root} is not a directory of runs")
-    runs = sorted((p.parent for p in root.rglob("DONE")), key=lambda p: str(p))
-    if not runs:
-        raise FileNotFoundError(f"turbo-report: no finished run (a folder with a DONE marker) under {root}")
+def find_runs(*roots: str | Path) -> list[Path]:
+    runs = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"turbo-report: {root} is not a directory of runs")
+        found = sorted((p.parent for p in root.rglob("DONE")), key=lambda p: str(p))
+        if not found:
+            raise FileNotFoundError(f"turbo-report: no finished run (a folder with a DONE marker) under {root}")
+        runs += found
     return runs
 
 
@@ -36,22 +44,75 @@ def _overrides(run: Path) -> list[str]:
     return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
 
 
-def collect(root: str | Path) -> list[dict]:
-    """One dict per (run, sampler): ``run`` (the overrides that differ between runs), ``sampler``,
-    the scores, ``sec_per_video``, ``train_steps``, ``train_minutes``."""
-    runs = find_runs(root)
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def collect(*roots: str | Path) -> list[dict]:
+    """One dict per (run, sampler): ``run`` (the overrides that differ between runs), ``arm`` (the
+    same without ``seed=``), ``sampler``, the scores, ``sec_per_video``, ``train_steps``,
+    ``train_minutes`` and ``path`` (the run's folder)."""
+    runs = find_runs(*roots)
     overrides = {run: _overrides(run) for run in runs}
     shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
     rows = []
     for run in runs:
-        done = json.loads((run / "DONE").read_text())
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        label = " ".join(o for o in overrides[run] if o not in shared) or run.name
+        done, metrics = json.loads((run / "DONE").read_text()), _metrics(run)
+        differ = [o for o in overrides[run] if o not in shared]
+        label = " ".join(differ) or run.name
+        arm = " ".join(o for o in differ if not o.startswith("seed=")) or "(default)"
         for sampler, scores in (done.get("eval") or {}).items():
-            rows.append({"run": label, "sampler": sampler, **{k: scores[k] for k in SCORES},
+            rows.append({"run": label, "arm": arm, "sampler": sampler, **{k: scores[k] for k in SCORES},
                          "sec_per_video": scores["sec_per_video"], "train_steps": done.get("steps", 0),
-                         "train_minutes": sum(m.get("sec", 0.0) for m in metrics) / 60})
+                         "train_minutes": sum(m.get("sec", 0.0) for m in metrics) / 60, "path": run})
     return rows
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """Seeds pooled: one dict per (arm, sampler) in first-seen order, ``n`` and ``(mean, sd)`` per
+    score. A teacher sampler (the same for every arm) is pooled over all runs, as ``(every run)``."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        arm = "(every run)" if r["sampler"].startswith("teacher") else r["arm"]
+        groups.setdefault((arm, r["sampler"]), []).append(r)
+    return [{"arm": arm, "sampler": sampler, "n": len(members),
+             **{k: _mean_sd([m[k] for m in members]) for k in (*SCORES, "sec_per_video")}}
+            for (arm, sampler), members in groups.items()]
+
+
+def pooled_table(rows: list[dict]) -> str:
+    """Markdown of :func:`pooled`: each score as mean +- sd over n runs."""
+    lines = ["| arm | sampler | n | Quality | Semantic | Total | colour | shape | motion | count | s / video |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in pooled(rows):
+        cells = [f"{r[k][0]:.1f} ± {r[k][1]:.1f}" for k in SCORES]
+        lines.append(f"| {r['arm']} | {r['sampler']} | {r['n']} | " + " | ".join(cells)
+                     + f" | {r['sec_per_video'][0]:.3f} |")
+    return "\n".join(lines)
+
+
+def curves(rows: list[dict], metric: str = "val/total") -> dict[str, tuple[list[int], list[float], list[float]]]:
+    """Per arm: the steps at which every one of its runs logged ``metric``, and its mean and sd there."""
+    paths: dict[str, list[Path]] = {}
+    for r in rows:
+        if not r["sampler"].startswith("teacher") and r["path"] not in paths.setdefault(r["arm"], []):
+            paths[r["arm"]].append(r["path"])
+    out = {}
+    for arm, runs in paths.items():
+        series = [{m["step"]: m[metric] for m in _metrics(run) if isinstance(m.get(metric), (int, float))}
+                  for run in runs]
+        steps = sorted(set.intersection(*(set(s) for s in series)))
+        if steps:
+            stats = [_mean_sd([s[step] for s in series]) for step in steps]
+            out[arm] = (steps, [m for m, _ in stats], [sd for _, sd in stats])
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -75,11 +136,22 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="turbo-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="a multirun folder (or any folder holding finished runs)")
+    parser.add_argument("roots", nargs="+", help="multirun folders (or any folders holding finished runs)")
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--seeds", action="store_true", help="pool runs that differ only in seed= (mean +- sd)")
+    parser.add_argument("--plot", help="write the validation probe against the step, per arm, to this PNG")
+    parser.add_argument("--metric", default="val/total", help="the metrics.jsonl key --plot draws (default val/total)")
     args = parser.parse_args(argv)
-    text = table(collect(args.root))
+    rows = collect(*args.roots)
+    text = pooled_table(rows) if args.seeds else table(rows)
     print(text)
+    if args.plot:
+        from turbo.plots import plot_bands
+
+        series = curves(rows, args.metric)
+        if not series:
+            raise SystemExit(f"turbo-report: no run logged {args.metric!r} in metrics.jsonl (eval.every, --metric)")
+        plot_bands(series, args.plot, ylabel=args.metric)
     if args.out:
         from turbo.atomic import atomic_write_text
 

@@ -65,6 +65,21 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path |
     return _save(fig, Path(path))
 
 
+def plot_bands(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], path: str | Path,
+               ylabel: str = "", xlabel: str = "step") -> Path:
+    """One line per label, ``(x, mean, sd)``, with a band of mean +- sd (a sweep's arms over seeds)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (x, mean, sd) in series.items():
+        line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
+        ax.fill_between(x, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
 def plot_grid(rows: Sequence[tuple[str, Tensor]], path: str | Path) -> Path:
     """A picture of videos: one row per (label, ``F,3,H,W`` video in [0, 1]), one column per frame."""
     if not rows:

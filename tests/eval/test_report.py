@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eval.report import collect, main, table
+from eval.report import collect, curves, main, pooled, pooled_table, table
 
 
 def fake_run(folder, overrides, student_total, teacher_total=50.0):
@@ -34,3 +34,27 @@ def test_report_tables_a_sweep(tmp_path, capsys):
     assert (tmp_path / "t.md").read_text().strip() == text == capsys.readouterr().out.strip()
     with pytest.raises(FileNotFoundError, match="no finished run"):
         collect(tmp_path / "2")
+
+
+def test_seeds_pool_into_mean_and_sd_per_arm_and_the_probe_is_plotted(tmp_path, capsys):
+    for i, (arm, seed, total) in enumerate([("reward=toy", 0, 50.0), ("reward=toy", 1, 54.0), ("reward=toy", 2, 58.0),
+                                            ("reward=none", 0, 40.0), ("reward=none", 1, 44.0)]):
+        fake_run(tmp_path / "a" / str(i) if i < 3 else tmp_path / "b" / str(i), [f"seed={seed}", arm], total)
+        probe = "".join(json.dumps({"step": s, "val/total": total + s}) + "\n" for s in (50, 100))
+        with open(tmp_path / ("a" if i < 3 else "b") / str(i) / "metrics.jsonl", "a") as f:
+            f.write(probe)
+    rows = collect(tmp_path / "a", tmp_path / "b")  # two sweeps pooled into one table
+    pooled_rows = {(r["arm"], r["sampler"].split(",")[0]): r for r in pooled(rows)}
+    toy, none, teacher = (pooled_rows[("reward=toy", "student")], pooled_rows[("reward=none", "student")],
+                          pooled_rows[("(every run)", "teacher")])
+    assert (toy["n"], none["n"], teacher["n"]) == (3, 2, 5)
+    assert toy["total"] == pytest.approx((54.0, 4.0)) and none["total"] == pytest.approx((42.0, 8 ** 0.5))
+    assert teacher["total"] == (50.0, 0.0)  # the teacher does not depend on the training seed
+    assert "| reward=toy | student, 4 steps | 3 | 60.0 ± 0.0 | 40.0 ± 0.0 | 54.0 ± 4.0 |" in pooled_table(rows)
+    series = curves(rows)
+    assert series["reward=toy"] == ([50, 100], [pytest.approx(104.0), pytest.approx(154.0)],
+                                    [pytest.approx(4.0), pytest.approx(4.0)])
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--seeds", "--plot", str(tmp_path / "p.png")])
+    assert "± " in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="val/x"):
+        main([str(tmp_path / "a"), "--seeds", "--plot", str(tmp_path / "q.png"), "--metric", "val/x"])
