@@ -212,7 +212,7 @@ def load_checkpoint_into(
     """
     state = read_state_dict(path, key=key, who=who, prefix_strip=prefix_strip, allow_pickle=allow_pickle)
     state = {k: v for k, v in state.items() if not _ignored(k, ignore)}
-    if rename is not None:  # the file's layout -> the model's names (e.g. rewards.image_reward.from_official)
+    if rename is not None:  # the file's layout -> the model's names (e.g. rewards.image_reward_model.from_official)
         state = {rename(k): v for k, v in state.items()}
     expected = model.state_dict()
     mismatched = [

@@ -88,7 +88,7 @@ def fake_checkpoints(tmp_path_factory):
     (root / "bert").mkdir()
     (root / "bert" / "vocab.txt").write_text("\n".join(TINY_VOCAB))
     # ImageReward: the tiny model as a flat state dict like ImageReward.pt; the same tiny vocab (+ BLIP's 2 tokens)
-    from rewards.image_reward import tiny_image_reward_model
+    from rewards.image_reward_model import tiny_image_reward_model
     torch.save(tiny_image_reward_model().state_dict(), root / "ImageReward.pt")
     return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos),
             "reward.hpsv2.model.checkpoint": str(clip), "reward.aesthetic.model.clip_checkpoint": str(clip),

@@ -6,21 +6,9 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, RewardInputError, RewardModel
-from rewards.image_reward import (
-    SCORE_MEAN,
-    SCORE_STD,
-    UNUSED_KEYS,
-    ImageRewardConfig,
-    ImageRewardModel,
-    ImageRewardReward,
-    from_official,
-    image_reward,
-    load_blip_tokenizer,
-    tiny_blip_tokenizer,
-    tiny_image_reward,
-    tiny_image_reward_model,
-    to_official,
-)
+from rewards.image_reward import ImageRewardReward, image_reward, load_blip_tokenizer, tiny_blip_tokenizer, tiny_image_reward
+from rewards.image_reward_model import (SCORE_MEAN, SCORE_STD, UNUSED_KEYS, ImageRewardConfig, ImageRewardModel,
+                                        from_official, tiny_image_reward_model, to_official)
 from rewards.internvideo2 import TINY_VOCAB
 from rewards.loading import CheckpointMismatchError, _ignored
 from tests.rewards.key_layout import expected_layout, layout_of, meta_model
