@@ -78,20 +78,25 @@ def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
     return timings
 
 
-def videos_of(stage: Stage, video: DictConfig):
-    """``(prompts, seed) -> B,F,3,H,W`` videos in [0, 1] of ``stage``: what a benchmark samples."""
-    return lambda prompts, seed: stage.video(prompts, video.num_frames, video.height, video.width,
-                                             torch.Generator().manual_seed(seed))
+def videos_of(stage: Stage, video: DictConfig, bench=None):
+    """``(prompts, seed) -> B,F,3,H,W`` videos in [0, 1] of ``stage``: what a benchmark samples. An
+    I2V stage animates the first frames the benchmark gives for its prompts (``bench.first_frames``)."""
+    def generate(prompts, seed):
+        frames = bench.first_frames(prompts) if stage.i2v is not None else None
+        return stage.video(prompts, video.num_frames, video.height, video.width, torch.Generator().manual_seed(seed),
+                           first_frame=frames)
+    return generate
 
 
 @torch.no_grad()
 def evaluate(run: Run, stages: dict[str, Stage]) -> tuple[dict, str]:
     """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none) on every stage. The
     config names the evaluator, so distill/ never imports eval/; any object with
-    ``compare(samplers, out=..., fps=..., nfe=...) -> (results, markdown)`` fits."""
+    ``compare(samplers, out=..., fps=..., nfe=...) -> (results, markdown)`` fits (and, for an I2V
+    model, ``first_frames(prompts) -> B,3,H,W``)."""
     if run.bench is None:
         return {}, ""
-    samplers = {label: videos_of(stage, run.cfg.video) for label, stage in stages.items()}
+    samplers = {label: videos_of(stage, run.cfg.video, run.bench) for label, stage in stages.items()}
     nfe = {label: stage.sampler.nfe for label, stage in stages.items()}
     return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe)
 

@@ -116,15 +116,15 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
     text(list(cfg.samples.prompts))  # a prompt the text encoder refuses (toy: outside the grammar) fails now, not at the end
     i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
-    if i2v is not None and cfg.get("eval") is not None:
-        raise ConfigError("eval: the end-of-run benchmark samples from prompts alone, but an I2V model (model.i2v) "
-                          "needs first frames: run it with eval=null")
     if i2v is not None and not dataset.has_videos:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
                           f"but data ({type(dataset).__name__}) gives prompts only")
 
     optimizers = make_optimizers(objective, accelerator)
     bench = None if cfg.get("eval") is None else build(cfg.eval, "eval")
+    if i2v is not None and bench is not None and not hasattr(bench, "first_frames"):
+        raise ConfigError(f"eval: an I2V model (model.i2v) animates first frames, and {type(bench).__name__} gives "
+                          f"none (it has no first_frames(prompts)): run it with eval=null")
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v, bench=bench)
     if cfg.resume:
         run.step, loop = out.load_latest(denoiser, objective, optimizers)
@@ -251,7 +251,7 @@ def train(run: Run) -> None:
         every = getattr(run.bench, "every", 0)
         if every and run.step % every == 0 and run.accelerator.is_main_process and run.objective.student is not None:
             student = list(stages(run).values())[-1]
-            metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video)).items()})
+            metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
             first = next((k for k in metrics if k.endswith("/loss")), None)

@@ -105,6 +105,11 @@ class ToyBench:
         return {p: [self._render(p, "real", seed, i) for i in range(videos_per_prompt)]
                 for p in (self.prompts if prompts is None else prompts)}
 
+    def first_frames(self, prompts: Sequence[str], seed: int = 7) -> Tensor:
+        """``B,3,H,W``: the first frame of a real clip of each prompt (a stream apart from the scored
+        reference clips), what an image-to-video model is conditioned on ("from the true first frame")."""
+        return torch.stack([self._render(p, "first frame", seed, 0)[0] for p in prompts])
+
     def _render(self, prompt: str, *stream: object) -> Tensor:
         generator = torch.Generator().manual_seed(stream_seed(*stream, prompt))
         return self.world.render(parse_caption(prompt), generator)

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 
 import distill.train as train_mod
 from distill.feedback import RewardFeedback
-from distill.train import run_training, setup
+from distill.train import run_training, setup, videos_of
 from turbo.config import ConfigError
 from turbo.video import video_info, write_video
 
@@ -248,3 +248,32 @@ def test_dataloader_workers_give_the_same_steps_as_the_loop(tmp_path):
         run_training(cfg_for("train.steps=3", "reward=none", f"train.num_workers={workers}"), tmp_path / str(workers))
         losses[workers] = [r["student/loss"] for r in metrics(tmp_path / str(workers))]
     assert losses[0] == losses[2] and len(set(losses[0])) == 3
+
+
+def test_an_i2v_stage_is_benchmarked_from_the_first_frames_the_benchmark_gives():
+    from omegaconf import OmegaConf
+
+    seen = {}
+
+    class Stage:
+        i2v = object()
+
+        def video(self, prompts, frames, height, width, generator, first_frame=None):
+            seen["first_frame"] = first_frame
+            return torch.zeros(len(prompts), frames, 3, height, width)
+
+    class Bench:
+        def first_frames(self, prompts):
+            return torch.full((len(prompts), 3, 8, 8), 0.5)
+
+    videos_of(Stage(), OmegaConf.create({"num_frames": 3, "height": 8, "width": 8}), Bench())(["a", "b"], 0)
+    assert torch.equal(seen["first_frame"], torch.full((2, 3, 8, 8), 0.5))
+
+
+def test_a_toy_i2v_run_is_probed_and_benchmarked_from_true_first_frames(tmp_path):
+    run_training(cfg_for("model=toy_i2v", "data=toy", "reward=none", "eval=toybench", "eval.num_prompts=2",
+                         "eval.every=1", "eval.probe_prompts=2", "video.num_frames=9", "video.height=32",
+                         "video.width=32", "train.steps=1", "train.batch_size=1"), tmp_path)
+    assert "val/total" in metrics(tmp_path)[0]
+    done = json.loads((tmp_path / "DONE").read_text())
+    assert {"teacher, 4 steps, CFG 3.0", "student, 2 steps"} <= set(done["eval"])

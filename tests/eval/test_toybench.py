@@ -309,3 +309,14 @@ def test_config_builds_the_bench():
     world = made.world
     assert (world.num_frames, world.height, world.width) == (5, 24, 32)
     assert NORMALISATION["temporal_flickering"] == (2 / 3, 1.0)
+
+
+def test_first_frames_are_real_first_frames_of_each_prompt_apart_from_the_scored_clips(bench):
+    prompts = list(bench.prompts[:3])
+    frames = bench.first_frames(prompts)
+    assert frames.shape == (3, 3, 32, 32)
+    for prompt, frame in zip(prompts, frames):
+        colour = torch.tensor(COLOURS[parse_caption(prompt).objects[0].colour]).view(3, 1, 1)
+        assert (frame == colour).all(0).sum() >= 0.01 * 32 * 32  # the named object is drawn in it
+        assert not torch.equal(frame, bench.real_videos(prompts=[prompt])[prompt][0][0])  # another stream
+    assert torch.equal(frames, bench.first_frames(prompts))  # deterministic
