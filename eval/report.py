@@ -75,26 +75,59 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, var ** 0.5
 
 
-def pooled(rows: list[dict]) -> list[dict]:
+def pooled(rows: list[dict], reach: float | None = None, metric: str = "val/total") -> list[dict]:
     """Seeds pooled: one dict per (arm, sampler) in first-seen order, ``n`` and ``(mean, sd)`` per
-    score. A teacher sampler (the same for every arm) is pooled over all runs, as ``(every run)``."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    score. A teacher (it does not depend on the training seed) is pooled over the runs that share
+    it, labelled by their arms, or ``(every run)``. With ``reach``: also ``reach_steps``, per
+    student arm the ``(mean, sd)`` over its runs of the first step at which ``metric`` reached
+    ``reach`` x the run's first (many-step) teacher Total, and ``reached`` (how many runs did)."""
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        arm = "(every run)" if r["sampler"].startswith("teacher") else r["arm"]
-        groups.setdefault((arm, r["sampler"]), []).append(r)
-    return [{"arm": arm, "sampler": sampler, "n": len(members),
-             **{k: _mean_sd([m[k] for m in members]) for k in (*SCORES, "sec_per_video")}}
-            for (arm, sampler), members in groups.items()]
+        key = ("teacher", r["sampler"], round(r["total"], 3)) if r["sampler"].startswith("teacher") else (r["arm"], r["sampler"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        sampler = members[0]["sampler"]
+        if key[0] == "teacher":
+            shared = list(dict.fromkeys(m["arm"] for m in members))
+            arm = "(every run)" if shared == arms else ", ".join(shared)
+        else:
+            arm = key[0]
+        row = {"arm": arm, "sampler": sampler, "n": len(members),
+               **{k: _mean_sd([m[k] for m in members]) for k in (*SCORES, "sec_per_video")}}
+        if reach is not None and key[0] != "teacher":
+            steps = [_first_step_reaching(m["path"], reach * _teacher_total(rows, m["path"]), metric) for m in members]
+            hit = [s for s in steps if s is not None]
+            row["reach_steps"], row["reached"] = (_mean_sd(hit) if hit else None), len(hit)
+        out.append(row)
+    return out
 
 
-def pooled_table(rows: list[dict]) -> str:
-    """Markdown of :func:`pooled`: each score as mean +- sd over n runs."""
-    lines = ["| arm | sampler | n | Quality | Semantic | Total | colour | shape | motion | count | s / video |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in pooled(rows):
+def _teacher_total(rows: list[dict], run: Path) -> float:
+    return next(r["total"] for r in rows if r["path"] == run and r["sampler"].startswith("teacher"))
+
+
+def _first_step_reaching(run: Path, threshold: float, metric: str) -> int | None:
+    return next((m["step"] for m in _metrics(run) if isinstance(m.get(metric), (int, float))
+                 and m[metric] >= threshold), None)
+
+
+def pooled_table(rows: list[dict], reach: float | None = None, metric: str = "val/total") -> str:
+    """Markdown of :func:`pooled`: each score as mean +- sd over n runs (and, with ``reach``, the
+    steps to reach that fraction of the teacher: mean +- sd over the runs that did, of n)."""
+    extra = f" steps to {reach:g} x teacher ({metric}) |" if reach is not None else ""
+    lines = ["| arm | sampler | n | Quality | Semantic | Total | colour | shape | motion | count | s / video |" + extra,
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
+    for r in pooled(rows, reach, metric):
         cells = [f"{r[k][0]:.1f} ± {r[k][1]:.1f}" for k in SCORES]
-        lines.append(f"| {r['arm']} | {r['sampler']} | {r['n']} | " + " | ".join(cells)
-                     + f" | {r['sec_per_video'][0]:.3f} |")
+        line = f"| {r['arm']} | {r['sampler']} | {r['n']} | " + " | ".join(cells) + f" | {r['sec_per_video'][0]:.3f} |"
+        if extra:
+            steps = r.get("reach_steps")
+            line += "" if "reached" not in r else (
+                f" {steps[0]:.0f} ± {steps[1]:.0f} ({r['reached']} of {r['n']}) |" if steps else f" not reached (0 of {r['n']}) |")
+            line += "" if "reached" in r else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -141,9 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", action="store_true", help="pool runs that differ only in seed= (mean +- sd)")
     parser.add_argument("--plot", help="write the validation probe against the step, per arm, to this PNG")
     parser.add_argument("--metric", default="val/total", help="the metrics.jsonl key --plot draws (default val/total)")
+    parser.add_argument("--reach", type=float, help="with --seeds: steps until --metric reaches this fraction of "
+                                                    "the run's many-step teacher Total (e.g. 0.9)")
     args = parser.parse_args(argv)
     rows = collect(*args.roots)
-    text = pooled_table(rows) if args.seeds else table(rows)
+    text = pooled_table(rows, args.reach, args.metric) if args.seeds else table(rows)
     print(text)
     if args.plot:
         from turbo.plots import plot_bands

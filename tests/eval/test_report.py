@@ -58,3 +58,19 @@ def test_seeds_pool_into_mean_and_sd_per_arm_and_the_probe_is_plotted(tmp_path, 
     assert "± " in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="val/x"):
         main([str(tmp_path / "a"), "--seeds", "--plot", str(tmp_path / "q.png"), "--metric", "val/x"])
+
+
+def test_steps_to_reach_a_fraction_of_each_runs_own_teacher(tmp_path):
+    # two arms with different teachers (as an I2V and a T2V run have): each is measured against its own
+    for i, (arm, seed, teacher, probe) in enumerate([("model=a", 0, 50.0, [30, 46, 50]), ("model=a", 1, 50.0, [45.5, 46, 47]),
+                                                     ("model=b", 0, 80.0, [60, 70, 71])]):
+        fake_run(tmp_path / str(i), [f"seed={seed}", arm], 55.0, teacher_total=teacher)
+        with open(tmp_path / str(i) / "metrics.jsonl", "a") as f:
+            f.write("".join(json.dumps({"step": 50 * (k + 1), "val/total": v}) + "\n" for k, v in enumerate(probe)))
+    rows = collect(tmp_path)
+    got = {(r["arm"], r["sampler"].split(",")[0]): r for r in pooled(rows, reach=0.9)}
+    assert got[("model=a", "student")]["reach_steps"] == pytest.approx((75.0, 35.355), abs=1e-3)  # 100 and 50
+    assert got[("model=b", "student")]["reached"] == 0  # 71 < 0.9 x 80
+    assert got[("model=a", "teacher")]["n"] == 2 and got[("model=b", "teacher")]["total"] == (80.0, 0.0)
+    text = pooled_table(rows, reach=0.9)
+    assert "| 75 ± 35 (2 of 2) |" in text and "| not reached (0 of 1) |" in text
