@@ -2,6 +2,7 @@
 pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its upper bound).
 
     python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
+        [--t2v-student RUN/student] [--i2v-student RUN/student]
 
 Rows (all on ToyBench's held-out prompts, same seeds):
 - ``t2v``: the T2V teacher (conf/model/toy_t2v.yaml) with CFG;
@@ -9,6 +10,11 @@ Rows (all on ToyBench's held-out prompts, same seeds):
 - ``real first frame -> i2v``: the I2V teacher from a real clip's first frame of the prompt;
 - ``t2i`` (one-frame videos, scored by a one-frame ToyBench: colour, shape and count only mean
   anything there).
+
+With ``--t2v-student`` / ``--i2v-student`` (the ``student`` folder of a turbo-train run on
+``model=toy_t2v`` / ``model=toy_i2v``, sampled as its ``sampler.json`` says) the students get the
+same rows: the T2V student, and the I2V student after the T2I teacher's first frame (the factored
+student of Magic 1-For-1) and from the true first frame.
 """
 
 from __future__ import annotations
@@ -22,10 +28,10 @@ from eval.toybench import ToyBench, compare_table
 from turbo.pipeline import Sampler, load_stage, t2i2v
 
 
-def _stage(name: str, sampler: Sampler):
+def _stage(name: str, sampler: Sampler, lora: str | None = None):
     with initialize_config_module(config_module="conf", version_base="1.3"):
         model = compose("train", overrides=[f"model={name}"]).model
-    return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}")
+    return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}", lora=lora)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--t2v-student", help="a toy_t2v run's student folder: also score it")
+    parser.add_argument("--i2v-student", help="a toy_i2v run's student folder: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
     t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", "toy_t2i", "toy_i2v"))
@@ -49,6 +57,17 @@ def main(argv: list[str] | None = None) -> str:
             lambda prompts, seed: i2v.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed),
                                             first_frame=torch.stack([real_first[p] for p in prompts])),
     }
+    if args.t2v_student:
+        student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student)
+        samplers[f"t2v student ({student.sampler.nfe} NFE)"] = \
+            lambda prompts, seed: student.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed))
+    if args.i2v_student:
+        i2v_student = _stage("toy_i2v", Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
+        samplers[f"t2i ({args.steps} steps) -> i2v student ({i2v_student.sampler.nfe} NFE)"] = \
+            lambda prompts, seed: t2i2v(t2i, i2v_student, prompts, seed, 9, 32, 32)
+        samplers[f"real first frame -> i2v student ({i2v_student.sampler.nfe} NFE)"] = \
+            lambda prompts, seed: i2v_student.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed),
+                                                    first_frame=torch.stack([real_first[p] for p in prompts]))
     rows, _ = bench.compare(samplers)
     image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
     image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)":

@@ -1,0 +1,21 @@
+"""python -m eval.toy_teachers: the shipped toy teachers (and, given, students) on ToyBench."""
+
+from hydra import compose, initialize_config_module
+
+from distill.train import run_training
+from eval.toy_teachers import main
+
+
+def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first_frame(tmp_path):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=smoke", "model=toy_i2v", "data=toy", "reward=none",
+                                          "video.num_frames=9", "video.height=32", "video.width=32",
+                                          "train.steps=1", "train.batch_size=1"])
+    run_training(cfg, tmp_path / "run")
+    text = main(["--prompts", "1", "--steps", "2", "--i2v-student", str(tmp_path / "run" / "student"),
+                 "--out", str(tmp_path / "t.md")])
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["t2v (2 steps, CFG 3.0)", "t2i -> i2v (2 + 2 steps)", "real first frame -> i2v (2 steps)",
+                        "t2i (2 steps) -> i2v student (2 NFE)", "real first frame -> i2v student (2 NFE)",
+                        "t2i, one frame (2 steps)"]
+    assert (tmp_path / "t.md").read_text().strip() == text.strip()
