@@ -30,12 +30,21 @@ if TYPE_CHECKING:
     from distill.train import Run
 
 
+def text_encoder(run: Run):
+    """The run's text encoder, built on first use when a cached dataset made training need none."""
+    if run.text is None:
+        from turbo.config import build
+
+        run.text = build(run.cfg.model.text_encoder, "model.text_encoder").to(run.accelerator.device)
+    return run.text
+
+
 def stages(run: Run) -> dict[str, Stage]:
     """What the end of a run samples, each a ``Stage`` on the run's one denoiser: the teacher with
     CFG at ``samples.teacher_steps`` and at ``samples.student_steps`` (what distillation buys over
     just taking fewer steps) and, when the objective trains one, the student with its own sampler."""
     s = run.cfg.samples
-    parts = dict(text=run.text, vae=run.vae, denoiser=run.denoiser, device=run.accelerator.device, i2v=run.i2v)
+    parts = dict(text=text_encoder(run), vae=run.vae, denoiser=run.denoiser, device=run.accelerator.device, i2v=run.i2v)
     out = {f"teacher, {n} steps, CFG {s.teacher_guidance}":
            Stage(role="teacher", sampler=Sampler("teacher", steps=n, guidance_scale=s.teacher_guidance), **parts)
            for n in dict.fromkeys((s.teacher_steps, s.student_steps))}
@@ -50,7 +59,7 @@ def first_frames(run: Run, n: int) -> tuple[list[str], torch.Tensor | None]:
     if run.i2v is None:
         return list(run.cfg.samples.prompts), None
     items = collate([run.dataset[i] for i in range(min(n, len(run.dataset)))])
-    return items["prompt"], items["video"][:, 0]
+    return items["prompt"], items["first_frame"] if "first_frame" in items else items["video"][:, 0]
 
 
 @torch.no_grad()

@@ -60,3 +60,13 @@ RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "student.export"
                "data.max_skip_fraction")
 
 __all__ = ["ANY", "RESUME_FREE", "TRAIN"]
+
+# turbo-cache (distill/cache.py)
+CACHE = {
+    "model": MODEL,
+    "data": Target(),
+    "video": VIDEO,
+    "device": DEVICE,
+    "cache": Section({"dir": Rule((str,), expect="a folder path or null", nullable=True), "shard_size": positive_int(),
+                      "overwrite": BOOL}),
+}

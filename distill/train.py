@@ -41,7 +41,7 @@ from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.denoiser import Denoiser
 from turbo.i2v import ImageConditioner, build_i2v
-from turbo.text import TextEncoder
+from turbo.text import TextCond, TextEncoder
 from turbo.vae import VideoVAE
 from turbo.plots import plot_curves
 
@@ -51,7 +51,7 @@ class Run:
     cfg: DictConfig
     out: RunDir
     accelerator: Accelerator
-    text: TextEncoder
+    text: TextEncoder | None  # None while a cached dataset makes it unneeded (distill.finish.text_encoder)
     vae: VideoVAE
     denoiser: Denoiser
     objective: Objective
@@ -95,7 +95,11 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     device = accelerator.device
 
     m = cfg.model
-    text = build(m.text_encoder, "model.text_encoder").to(device)
+    dataset = build(cfg.data, "data")
+    # a cached dataset holds the prompts' encodings: the text encoder is loaded only when the end
+    # of the run (or the validation probe) samples (distill.finish.text_encoder)
+    cached = getattr(dataset, "cached", False)
+    text = None if cached else build(m.text_encoder, "model.text_encoder").to(device)
     vae = build(m.vae, "model.vae").to(device)
     schedule = build(m.schedule, "model.schedule")
     denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
@@ -109,12 +113,12 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                           f"score, so reward terms {terms} would do nothing; use reward=none")
     feedback = RewardFeedback(build(cfg.reward, "reward").to(device), vae)
 
-    dataset = build(cfg.data, "data")
     if objective.needs_videos and not dataset.has_videos:
         raise ConfigError(f"objective={objective.name} needs real videos, but data ({type(dataset).__name__}) "
                           f"gives prompts only")
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
-    text(list(cfg.samples.prompts))  # a prompt the text encoder refuses (toy: outside the grammar) fails now, not at the end
+    if text is not None:  # a prompt the text encoder refuses (toy: outside the grammar) fails now, not at the end
+        text(list(cfg.samples.prompts))
     i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
     if i2v is not None and not dataset.has_videos:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
@@ -159,13 +163,19 @@ def load_batch(run: Run, step: int, drawn: dict | None = None) -> Batch:
     items = drawn["items"]
     prompts = items["prompt"]
     device = run.accelerator.device
-    latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
     v = run.cfg.video
     shape = run.vae.latent_shape(v.num_frames, v.height, v.width)
-    cond, uncond = run.text(prompts), run.text([""] * len(prompts))
+    if "latents" in items:  # data=cached: turbo-cache encoded them with this model's VAE and text encoder
+        latents = items["latents"].to(device)
+        cond = TextCond(**items["text"]).to(device)
+        uncond = run.dataset.uncond.to(device).repeat(len(prompts))
+        first = items.get("first_frame")
+    else:
+        latents = run.vae.encode(items["video"].to(device)) if "video" in items else None
+        cond, uncond = run.text(prompts), run.text([""] * len(prompts))
+        first = items["video"][:, 0] if "video" in items else None
     if run.i2v is not None:  # I2V: the clean video's first frame conditions both CFG halves (as Wan's pipeline)
-        cond, uncond = run.i2v.apply([cond, uncond], items["video"][:, 0].to(device), v.num_frames,
-                                     first_latent=latents[:, :, :1])
+        cond, uncond = run.i2v.apply([cond, uncond], first.to(device), v.num_frames, first_latent=latents[:, :, :1])
     return Batch(prompts, cond, uncond, shape, latents)
 
 

@@ -27,7 +27,8 @@ from omegaconf.errors import InterpolationToMissingValueError
 # An explicit list, not package prefixes: a prefix would also admit helpers such as
 # turbo.atomic.atomic_write_text (writes any file) or rewards.loading.read_state_dict.
 ALLOWED_TARGETS = frozenset({
-    "distill.data.PromptDataset", "distill.data.ToyVideoDataset", "distill.data.VideoFolderDataset",
+    "distill.cache.CachedDataset", "distill.data.PromptDataset", "distill.data.ToyVideoDataset",
+    "distill.data.VideoFolderDataset",
     "distill.objectives.cd.ConsistencyDistillation", "distill.objectives.diffusion.Diffusion",
     "distill.objectives.dmd2.DMD2", "distill.objectives.w2s.W2S",
     "eval.toybench.ToyBench",
