@@ -25,3 +25,12 @@ def test_objective_bench_measures_a_step(objective):
 def test_decode_bench_decodes_only_the_chosen_frames():
     r = decode_bench.measure("wan", "first", num_frames=5, size=16, m=1)
     assert (r["decoded"], r["of"]) == (1, 5)
+
+
+def test_the_cache_benchmark_counts_the_real_text_encoder_it_leaves_out():
+    from eval.cache_bench import real_size_table
+
+    table = real_size_table()  # the meta device: no memory
+    # UMT5-XXL is 5.68 B parameters (11.4 GB in bf16) beside the 14.29 B transformer
+    assert "| UMT5-XXL text encoder (not loaded with data=cached) | 5.68 B | 11.4 |" in table
+    assert "| transformer | 14.29 B | 28.6 |" in table and "(0.72x)" in table

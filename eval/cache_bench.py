@@ -1,0 +1,113 @@
+"""What the latent / text cache saves: ``python -m eval.cache_bench``.
+
+1. At the real size, on the meta device (no memory): the parameters each GPU holds resident while
+   training Wan2.1-T2V-14B, uncached (transformer + VAE + UMT5-XXL text encoder) against cached
+   (``data=cached``: the text encoder is not loaded; the VAE stays for reward feedback's decode).
+2. At the toy size, measured here: the time of one training step of the embedded default
+   (toy T2V teacher, CD + toy rewards) from ``data=toy`` against the same items from a
+   ``turbo-cache`` folder (a warm-up step, then the median of repeats), and each process's peak
+   resident memory (``ru_maxrss``, a fresh subprocess per arm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# google/umt5-xxl (Wan2.1's text encoder, Wan-AI/*-Diffusers text_encoder/config.json)
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                feed_forward_proj="gated-gelu")
+
+
+def real_size_table() -> str:
+    from diffusers import AutoencoderKLWan
+    from hydra import compose, initialize_config_module
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from turbo.models.full import parameter_count, random_backbone
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        arch = compose("train", overrides=["model=wan2.1_t2v_14b", "model.path=/unused"]).model.arch
+    with torch.device("meta"):
+        text = parameter_count(UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
+        vae = parameter_count(AutoencoderKLWan())
+    transformer = parameter_count(random_backbone("wan", arch))
+    gb = 2 / 1e9  # bf16 bytes per parameter, in GB
+    uncached, cached = transformer + vae + text, transformer + vae
+    return "\n".join([
+        "| Wan2.1-T2V-14B, resident per GPU (bf16) | parameters | GB |", "|---|---|---|",
+        f"| transformer | {transformer / 1e9:.2f} B | {transformer * gb:.1f} |",
+        f"| VAE (kept: reward feedback decodes) | {vae / 1e6:.0f} M | {vae * gb:.2f} |",
+        f"| UMT5-XXL text encoder (not loaded with data=cached) | {text / 1e9:.2f} B | {text * gb:.1f} |",
+        f"| uncached / cached | {uncached / 1e9:.2f} B / {cached / 1e9:.2f} B | "
+        f"{uncached * gb:.1f} / {cached * gb:.1f} ({cached / uncached:.2f}x) |"])
+
+
+def _child(arm: str, cache: str, steps: int) -> None:
+    """One arm in this process: time ``steps`` training steps, print 'median_s peak_mb'."""
+    from hydra import compose, initialize_config_module
+
+    from distill.train import setup, train_step
+
+    data = ["data.size=64"] if arm == "plain" else ["data=cached", f"data.dir={cache}"]
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*data, "~eval", "device=cpu"])
+    with tempfile.TemporaryDirectory() as tmp:
+        run = setup(cfg, Path(tmp))
+        train_step(run, 0)  # warm-up
+        seconds = []
+        for step in range(1, steps + 1):
+            t0 = time.perf_counter()
+            train_step(run, step)
+            seconds.append(time.perf_counter() - t0)
+        run.out.unlock()
+    print(f"{statistics.median(seconds):.4f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+
+
+def toy_table(steps: int) -> str:
+    from hydra import compose, initialize_config_module
+
+    from distill.cache import build_cache
+
+    with tempfile.TemporaryDirectory() as cache:
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            build_cache(compose("cache", overrides=["data.size=64", f"cache.dir={cache}", "device=cpu"]))
+        rows = {}
+        for arm in ("plain", "cached"):
+            out = subprocess.run([sys.executable, "-m", "eval.cache_bench", "--child", arm, "--cache", cache,
+                                  "--steps", str(steps)], check=True, capture_output=True, text=True).stdout
+            rows[arm] = [float(x) for x in out.strip().splitlines()[-1].split()]
+    (t_plain, m_plain), (t_cached, m_cached) = rows["plain"], rows["cached"]
+    return "\n".join([
+        f"| toy default (CD + toy rewards, batch 4), {steps} steps | s / step (median) | peak RSS MB |",
+        "|---|---|---|", f"| data=toy (encodes every step) | {t_plain:.3f} | {m_plain:.0f} |",
+        f"| data=cached | {t_cached:.3f} | {m_cached:.0f} |",
+        f"| cached / plain | {t_cached / t_plain:.2f}x | {m_cached / m_plain:.2f}x |"])
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(prog="python -m eval.cache_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--child", choices=("plain", "cached"), help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child, args.cache, args.steps)
+        return ""
+    text = real_size_table() + "\n\n" + toy_table(args.steps)
+    from eval.toy_teachers import emit
+
+    return emit(text, args.out)
+
+
+if __name__ == "__main__":
+    main()
