@@ -41,6 +41,7 @@ from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.denoiser import Denoiser
 from turbo.i2v import ImageConditioner, build_i2v
+from turbo.sampling import Rows
 from turbo.text import TextCond, TextEncoder
 from turbo.vae import VideoVAE
 from turbo.plots import plot_curves
@@ -176,12 +177,15 @@ def load_batch(run: Run, step: int, drawn: dict | None = None) -> Batch:
         first = items["video"][:, 0] if "video" in items else None
     if run.i2v is not None:  # I2V: the clean video's first frame conditions both CFG halves (as Wan's pipeline)
         cond, uncond = run.i2v.apply([cond, uncond], first.to(device), v.num_frames, first_latent=latents[:, :, :1])
-    return Batch(prompts, cond, uncond, shape, latents)
+    acc = run.accelerator
+    rows = Rows(acc.process_index, acc.num_processes, run.cfg.train.batch_size)
+    return Batch(prompts, cond, uncond, shape, latents, rows=rows)
 
 
 def step_generator(run: Run, step: int) -> torch.Generator:
-    seed = (run.cfg.seed * 1_000_003 + step) * 64 + run.accelerator.process_index
-    return torch.Generator().manual_seed(seed)
+    """The step's generator, the same on every process: per-row draws go through ``Batch.rows``, so
+    a run on N processes draws what one process draws for the same global batch."""
+    return torch.Generator().manual_seed((run.cfg.seed * 1_000_003 + step) * 64)
 
 
 # --- one optimisation step ----------------------------------------------------------------------
@@ -210,7 +214,7 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
                 p.grad = accelerator.reduce(p.grad, reduction="mean")
     # accelerate's clip unscales fp16 gradients first (clipping scaled ones would clip nothing)
     norm = accelerator.clip_grad_norm_(params, objective.optim[group]["grad_clip"])
-    loss, norm = float(total.detach()), float(norm)
+    loss, norm = float(_mean_over_processes(accelerator, total)), float(norm)
     finite = math.isfinite(loss) and math.isfinite(norm)
     if finite or accelerator.scaler is not None:  # fp16: the grad scaler itself skips inf steps
         optimizer.step()
@@ -219,14 +223,22 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
     optimizer.zero_grad(set_to_none=True)
     metrics[f"{group}/loss"] = loss
     metrics[f"{group}/grad_norm"] = norm
-    metrics.update({k: float(v.detach()) for k, v in losses.terms.items()})
+    metrics.update({k: float(_mean_over_processes(accelerator, v)) for k, v in losses.terms.items()})
     return finite
+
+
+def _mean_over_processes(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
+    """A logged loss: the mean over processes of their batch means (the global batch's mean)."""
+    value = value.detach().float().reshape(())
+    return accelerator.reduce(value, reduction="mean") if accelerator.num_processes > 1 else value
 
 
 def train_step(run: Run, step: int, drawn: dict | None = None) -> dict:
     """One iteration: each group the objective schedules for this step gets its loss and its
     optimizer step; reward feedback joins the student's loss."""
     metrics: dict = {"step": step + 1}
+    if run.accelerator.num_processes > 1:
+        metrics["processes"] = run.accelerator.num_processes
     gen = step_generator(run, step)
     batch = load_batch(run, step, drawn)
     metrics["data/skipped"] = len(run.bad_items)
@@ -237,7 +249,8 @@ def train_step(run: Run, step: int, drawn: dict | None = None) -> dict:
             if run.feedback and losses.x0 is not None:  # the student's single-step prediction
                 reward = run.feedback(losses.x0, batch.prompts, gen)
                 losses.terms.update({f"reward/{k}": v for k, v in reward.terms.items()})
-                metrics.update({f"score/{k}": float(v.mean()) for k, v in reward.scores.items()})
+                metrics.update({f"score/{k}": float(_mean_over_processes(run.accelerator, v.mean()))
+                                for k, v in reward.scores.items()})
         taken &= optimise(run.objective, run.optimizers, run.accelerator, group, losses, metrics)
     run.nonfinite += not taken
     run.nonfinite_in_a_row = 0 if taken else run.nonfinite_in_a_row + 1

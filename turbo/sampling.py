@@ -50,6 +50,30 @@ def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: to
     return torch.randn(shape, generator=generator).to(device)
 
 
+@dataclass(frozen=True)
+class Rows:
+    """This process's rows of a batch split over processes: ``rank, rank + world, ...`` of ``total``.
+
+    What is drawn per row through ``draw`` does not depend on the split: every process draws for the
+    whole batch from the same generator and keeps its own rows, so 2 processes train on exactly the
+    noise, timesteps and guidance scales that 1 process draws for the same global batch. (Hand-written:
+    accelerate shards data, not the random draws made for it.)"""
+
+    rank: int = 0
+    world: int = 1
+    total: int | None = None  # the whole batch; None: this process holds all of it
+
+    def draw(self, make: Callable[[int], Tensor], local: int) -> Tensor:
+        """``make(n)``: n rows of randomness; returns this process's ``local`` of them."""
+        if self.world == 1:
+            return make(local)
+        rows = make(self.total)[self.rank::self.world]
+        if len(rows) != local:
+            raise ValueError(f"Rows: rank {self.rank} of {self.world} holds {len(rows)} of {self.total} rows, "
+                             f"found a batch of {local}")
+        return rows
+
+
 @torch.no_grad()
 def sample_teacher(denoiser: Denoiser, cond: TextCond, uncond: TextCond | None, shape: tuple[int, ...],
                    steps: int, guidance_scale: float, generator: torch.Generator, role: Role = "teacher",
@@ -102,14 +126,17 @@ def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...
 
 
 def _fixed_step_chain(denoiser: Denoiser, cond: TextCond, x: Tensor, timesteps: list[int], end: int | None,
-                      generator: torch.Generator, role: Role, after_step: AfterStep | None = None) -> Tensor:
+                      generator: torch.Generator, role: Role, after_step: AfterStep | None = None,
+                      rows: Rows = Rows()) -> Tensor:
     """At each timestep predict x0, then re-noise it with fresh noise to the next timestep (or to
     ``end`` after the last one; ``end=None`` returns the last x0). ``after_step`` is applied to
     the sample after each step (not to the input ``x``)."""
     for i, t in enumerate(timesteps):
         x0 = denoiser(x, t, cond, role=role).x0
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else end
-        x = x0 if nxt is None else denoiser.schedule.add_noise(x0, initial_noise(x.shape, generator, x.device), nxt)
+        if nxt is not None:
+            noise = rows.draw(lambda n: initial_noise((n, *x.shape[1:]), generator, x.device), len(x))
+        x = x0 if nxt is None else denoiser.schedule.add_noise(x0, noise, nxt)
         x = _hook(after_step, x, nxt)
     return x
 
@@ -126,12 +153,12 @@ def sample_fixed_steps(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...
 
 @torch.no_grad()
 def backward_simulation(denoiser: Denoiser, cond: TextCond, noise: Tensor, timesteps: list[int], k: int,
-                        generator: torch.Generator, role: Role = "student") -> Tensor:
+                        generator: torch.Generator, role: Role = "student", rows: Rows = Rows()) -> Tensor:
     """DMD2's backward simulation: the student's own noisy input at ``timesteps[k]``, made by running
     its chain from ``noise`` over ``timesteps[:k]`` without gradients (k = 0: the noise itself)."""
     if k == 0:
         return noise
-    return _fixed_step_chain(denoiser, cond, noise, list(timesteps[:k]), timesteps[k], generator, role)
+    return _fixed_step_chain(denoiser, cond, noise, list(timesteps[:k]), timesteps[k], generator, role, rows=rows)
 
 
 # --- a sampler as one value -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from turbo.config import ConfigError
 from turbo.denoiser import Denoiser, Role
-from turbo.sampling import Sampler
+from turbo.sampling import Rows, Sampler
 from turbo.text import TextCond
 
 OPTIM_KEYS = {"optimizer", "grad_clip"}
@@ -46,13 +46,15 @@ def adamw(lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999), weight_de
 class Batch:
     """One training batch. ``latents``: B,C,F,H,W normalised VAE latents of real videos (None for
     prompt-only data); ``latent_shape``: C,F,H,W of one latent (what generators sample);
-    ``cond`` / ``uncond``: text conditioning of the prompts and of ""."""
+    ``cond`` / ``uncond``: text conditioning of the prompts and of ""; ``rows``: which rows of the
+    global batch this process holds (random draws per row go through ``rows.draw``)."""
 
     prompts: list[str]
     cond: TextCond
     uncond: TextCond
     latent_shape: tuple[int, ...]
     latents: Tensor | None = None
+    rows: Rows = Rows()
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -153,17 +155,18 @@ def check_optim(optim: Mapping[str, Mapping[str, Any]], groups: list[str]) -> di
     return optim
 
 
-def noise_like(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Gaussian noise of x's shape drawn from a CPU generator (reproducible on any device)."""
-    return torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+def noise_like(x: Tensor, generator: torch.Generator, rows: Rows = Rows()) -> Tensor:
+    """Gaussian noise of x's shape drawn from a CPU generator (reproducible on any device), per row
+    of the global batch (``rows``)."""
+    return rows.draw(lambda n: torch.randn((n, *x.shape[1:]), generator=generator), len(x)).to(x.device, x.dtype)
 
 
 def denoising_loss(denoiser: Denoiser, x0: Tensor, cond: TextCond, role: Role, generator: torch.Generator,
-                   lo: int = 0, hi: int | None = None) -> Tensor:
+                   lo: int = 0, hi: int | None = None, rows: Rows = Rows()) -> Tensor:
     """The ordinary diffusion loss of the schedule in use: t ~ U[lo, hi), x_t = add_noise(x0, eps, t),
     MSE between the raw output of ``role`` and ``schedule.target`` (eps / v for VP, velocity for flow)."""
     schedule = denoiser.schedule
-    t = schedule.sample_t(x0.shape[0], lo, hi, generator=generator, device=x0.device)
-    noise = noise_like(x0, generator)
+    t = rows.draw(lambda n: schedule.sample_t(n, lo, hi, generator=generator, device=x0.device), len(x0))
+    noise = noise_like(x0, generator, rows)
     pred = denoiser(schedule.add_noise(x0, noise, t), t, cond, role=role)
     return F.mse_loss(pred.out.float(), schedule.target(x0, noise, t).float())

@@ -67,11 +67,12 @@ class ConsistencyDistillation:
         if x0 is None:
             raise ValueError("objective=cd needs real videos: the data config gives prompts only")
         b, device = x0.shape[0], x0.device
-        t_start = self.grid[torch.randint(0, len(self.grid), (b,), generator=generator)].to(device)
+        rows = batch.rows
+        t_start = self.grid[rows.draw(lambda n: torch.randint(0, len(self.grid), (n,), generator=generator), b)].to(device)
         t = (t_start - self.skip).clamp(min=0)
-        noise = noise_like(x0, generator)
+        noise = noise_like(x0, generator, rows)
         x_start = self.denoiser.schedule.add_noise(x0, noise, t_start)
-        w = (self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=generator)).to(device)
+        w = (self.w_min + (self.w_max - self.w_min) * rows.draw(lambda n: torch.rand(n, generator=generator), b)).to(device)
 
         f = self.consistency(x_start, t_start, batch.cond, w, role=self.student)
         with torch.no_grad():

@@ -25,15 +25,16 @@ from torch import Tensor, nn
 from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss, ema_
 from turbo.atomic import atomic_dir
 from turbo.denoiser import Denoiser
-from turbo.sampling import Sampler
+from turbo.sampling import Rows, Sampler
 from turbo.text import TextCond
 
 
-def drop_prompts(cond: TextCond, uncond: TextCond, p: float, generator: torch.Generator) -> TextCond:
+def drop_prompts(cond: TextCond, uncond: TextCond, p: float, generator: torch.Generator,
+                 rows: Rows = Rows()) -> TextCond:
     """Replace each sample's conditioning by the empty prompt's with probability p."""
     if p <= 0:
         return cond
-    drop = torch.rand(len(cond), generator=generator) < p
+    drop = rows.draw(lambda n: torch.rand(n, generator=generator), len(cond)) < p
     keep = (~drop).to(cond.embeds.device)
     pooled = None if cond.pooled is None else torch.where(keep[:, None], cond.pooled, uncond.pooled)
     # only the text is dropped: I2V image latents / tokens stay (CFG's unconditional half keeps the image)
@@ -88,8 +89,9 @@ class Diffusion:
     def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         if batch.latents is None:
             raise ValueError("objective=diffusion needs real videos: the data config gives prompts only")
-        cond = drop_prompts(batch.cond, batch.uncond, self.cond_dropout, generator)
-        return Losses({"diffusion": denoising_loss(self.denoiser, batch.latents, cond, self.role, generator)})
+        cond = drop_prompts(batch.cond, batch.uncond, self.cond_dropout, generator, batch.rows)
+        return Losses({"diffusion": denoising_loss(self.denoiser, batch.latents, cond, self.role, generator,
+                                                   rows=batch.rows)})
 
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         raise RuntimeError("plain diffusion training has no critic")  # updates() never asks for it

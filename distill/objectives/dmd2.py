@@ -179,11 +179,12 @@ class DMD2:
         t_k is the student's own backward-simulated chain (or noised real latents without it).
         Differentiable w.r.t. the student when grad is enabled."""
         device = batch.cond.embeds.device
-        noise = torch.randn((len(batch), *batch.latent_shape), generator=generator).to(device)
+        noise = batch.rows.draw(lambda n: torch.randn((n, *batch.latent_shape), generator=generator), len(batch)).to(device)
         k = int(torch.randint(0, len(self.timesteps), (1,), generator=generator))
         t_k = self.timesteps[k]
         if self.backward_simulation:
-            x_k = backward_simulation(self.denoiser, batch.cond, noise, self.timesteps, k, generator, role=self.student)
+            x_k = backward_simulation(self.denoiser, batch.cond, noise, self.timesteps, k, generator, role=self.student,
+                                      rows=batch.rows)
         elif k == 0:
             x_k = noise
         else:
@@ -202,8 +203,9 @@ class DMD2:
     def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         x, _ = self.generate(batch, generator)
         schedule = self.denoiser.schedule
-        t = schedule.sample_t(len(batch), self.t_lo, self.t_hi, generator=generator, device=x.device)
-        x_t = schedule.add_noise(x, noise_like(x, generator), t)
+        t = batch.rows.draw(lambda n: schedule.sample_t(n, self.t_lo, self.t_hi, generator=generator, device=x.device),
+                            len(batch))
+        x_t = schedule.add_noise(x, noise_like(x, generator, batch.rows), t)
         with torch.no_grad():
             grad = dm_gradient(x, x0_float64(schedule, self.real_score(x_t, t, batch), x_t, t),
                                x0_float64(schedule, self.fake_score(x_t, t, batch), x_t, t))
@@ -216,7 +218,7 @@ class DMD2:
     def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
         with torch.no_grad():
             x, _ = self.generate(batch, generator)
-        terms = {"critic/denoise": denoising_loss(self.denoiser, x, batch.cond, "critic", generator)}
+        terms = {"critic/denoise": denoising_loss(self.denoiser, x, batch.cond, "critic", generator, rows=batch.rows)}
         if self.gan:
             logits_fake = self.discriminate(x, batch, generator)
             logits_real = self.discriminate(batch.latents, batch, generator)
@@ -226,8 +228,8 @@ class DMD2:
     def discriminate(self, x: Tensor, batch: Batch, generator: torch.Generator) -> Tensor:
         """GAN logits of x noised at t ~ U[0, T), from the critic's hooked features."""
         schedule = self.denoiser.schedule
-        t = schedule.sample_t(x.shape[0], 0, None, generator=generator, device=x.device)
-        x_t = schedule.add_noise(x, noise_like(x, generator), t)
+        t = batch.rows.draw(lambda n: schedule.sample_t(n, 0, None, generator=generator, device=x.device), len(x))
+        x_t = schedule.add_noise(x, noise_like(x, generator, batch.rows), t)
         with self._capture():
             self.denoiser(x_t, t, batch.cond, role="critic")
         return self.head(self._features.pop(), x.shape[0])

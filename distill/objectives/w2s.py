@@ -52,5 +52,5 @@ class W2S(DMD2):
         losses = super().critic_loss(batch, step, generator)
         if self.gt_weight > 0:
             losses.terms["critic/gt"] = self.gt_weight * denoising_loss(
-                self.denoiser, batch.latents, batch.cond, "critic", generator)
+                self.denoiser, batch.latents, batch.cond, "critic", generator, rows=batch.rows)
         return losses
