@@ -125,6 +125,16 @@ class RunDir:
         except (OSError, ValueError):
             pass
 
+    def resolve_resume(self, resume: bool | str, overwrite: bool) -> tuple[bool, bool]:
+        """``resume=auto`` (a requeued job: SLURM preemption or timeout) continues from the newest
+        checkpoint when there is one and otherwise starts over (a run killed before its first
+        checkpoint has nothing to keep); a finished run is still refused. -> (resume, overwrite)."""
+        if resume != "auto":
+            return bool(resume), overwrite
+        if (self.path / "DONE").exists() and not overwrite:
+            raise ConfigError(f"resume=auto but {self.path} holds a finished run (DONE exists); nothing to resume")
+        return self.latest() is not None, overwrite or self.latest() is None
+
     def claim(self, resume: bool, overwrite: bool) -> None:
         """Refuse to clobber another run: a finished run needs overwrite=true, an unfinished one
         resume=true (continue) or overwrite=true (start again)."""

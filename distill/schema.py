@@ -22,7 +22,7 @@ TRAIN = {
     "seed": NON_NEGATIVE_INT,
     "device": DEVICE,
     "precision": Rule((str,), lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
-    "resume": BOOL,
+    "resume": Rule((bool, str), lambda v: isinstance(v, bool) or v == "auto", "true, false or auto"),
     "overwrite": BOOL,
     "resume_allow": STRINGS,
     "student": Section({

@@ -87,10 +87,11 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     check_config(cfg, TRAIN)
     out = RunDir(run_dir)
     accelerator = make_accelerator(cfg)
+    resume, overwrite = out.resolve_resume(cfg.resume, cfg.overwrite)  # every process decides alike
     if accelerator.is_main_process:
         out.lock()
-        out.claim(resume=cfg.resume, overwrite=cfg.overwrite)
-        if cfg.resume:
+        out.claim(resume=resume, overwrite=overwrite)
+        if resume:
             out.check_resume_config(OmegaConf.to_container(cfg, resolve=True), RESUME_FREE, list(cfg.resume_allow))
     accelerator.wait_for_everyone()
     device = accelerator.device
@@ -131,7 +132,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"eval: an I2V model (model.i2v) animates first frames, and {type(bench).__name__} gives "
                           f"none (it has no first_frames(prompts)): run it with eval=null")
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v, bench=bench)
-    if cfg.resume:
+    if resume:
         run.step, loop = out.load_latest(denoiser, objective, optimizers)
         run.bad_items = {int(k): v for k, v in loop.get("bad_items", {}).items()}
         run.nonfinite, run.nonfinite_in_a_row = int(loop.get("nonfinite", 0)), int(loop.get("nonfinite_in_a_row", 0))

@@ -39,7 +39,7 @@ def _fill_missing(cfg, fakes, name=None):
 
 @pytest.mark.parametrize("group,name", [(g, n) for g, names in GROUPS.items() for n in names])
 def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
-    if group == "launcher" and name == "slurm":
+    if group == "launcher" and name in ("slurm", "submitit_local"):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = _compose([f"{group}={name}"])
     overrides = _fill_missing(cfg, fake_checkpoints, name)
@@ -47,7 +47,8 @@ def test_every_config_composes_and_instantiates(group, name, fake_checkpoints):
         overrides += tiny_reward_overrides(cfg)
     cfg = _compose([f"{group}={name}", *overrides], hydra=group == "launcher")
     if group == "launcher":
-        assert cfg.hydra.launcher._target_.split(".")[-1].lower().startswith(name if name != "slurm" else "slurm")
+        expected = {"submitit_local": "local"}.get(name, name)
+        assert cfg.hydra.launcher._target_.split(".")[-1].lower().startswith(expected)
         return
     if group in ("model", "experiment"):
         m = cfg.model
