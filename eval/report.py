@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         series = curves(rows, args.metric)
         if not series:
             raise SystemExit(f"turbo-report: no run logged {args.metric!r} in metrics.jsonl (eval.every, --metric)")
-        plot_bands(series, args.plot, ylabel=args.metric)
+        teachers: dict[float, list[str]] = {}  # the teachers' Totals as reference lines, one per value
+        for r in pooled(rows):
+            if r["sampler"].startswith("teacher") and args.metric.endswith("total"):
+                teachers.setdefault(round(r["total"][0], 1), []).append(f"{r['sampler']} ({r['arm']})")
+        plot_bands(series, args.plot, ylabel=args.metric,
+                   levels={" / ".join(labels): value for value, labels in teachers.items()})
     if args.out:
         from turbo.atomic import atomic_write_text
 

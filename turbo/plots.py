@@ -66,9 +66,14 @@ def plot_curves(rows: Sequence[Mapping[str, float]], path: str | Path) -> Path |
 
 
 def plot_bands(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], path: str | Path,
-               ylabel: str = "", xlabel: str = "step") -> Path:
-    """One line per label, ``(x, mean, sd)``, with a band of mean +- sd (a sweep's arms over seeds)."""
+               ylabel: str = "", xlabel: str = "step", levels: Mapping[str, float] | None = None) -> Path:
+    """One line per label, ``(x, mean, sd)``, with a band of mean +- sd (a sweep's arms over seeds);
+    ``levels``: dashed horizontal reference lines (e.g. each teacher's score)."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    for label, value in (levels or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1, color="grey")
+        ax.annotate(label, (0, value), xycoords=("axes fraction", "data"), fontsize=6, color="grey",
+                    xytext=(2, 2), textcoords="offset points")
     for label, (x, mean, sd) in series.items():
         line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
         ax.fill_between(x, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)],
