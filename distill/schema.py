@@ -24,6 +24,7 @@ TRAIN = {
     "precision": Rule((str,), lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
     "resume": Rule((bool, str), lambda v: isinstance(v, bool) or v == "auto", "true, false or auto"),
     "overwrite": BOOL,
+    "tracker": Rule((str,), lambda v: v in ("none", "tensorboard", "wandb"), "none, tensorboard or wandb"),
     "resume_allow": STRINGS,
     "student": Section({
         "rank": positive_int("a LoRA rank >= 1"),
@@ -55,7 +56,7 @@ TRAIN = {
 
 # Keys whose change on resume=true leaves the trained function the same (how long, how often,
 # what is written at the end); any other changed key is refused unless named in resume_allow.
-RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "student.export", "train.steps", "train.checkpoint_every",
+RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "tracker", "student.export", "train.steps", "train.checkpoint_every",
                "train.keep_checkpoints", "train.max_nonfinite_steps", "train.num_workers", "samples", "eval", "data.verify",
                "data.max_skip_fraction")
 

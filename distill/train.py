@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from distill.checkpoint import RunDir, TrainingStopped
+from distill.checkpoint import RunDir, TrainingStopped, flatten
 from distill.data import StepBatches, step_loader
 from distill.feedback import RewardFeedback
 from distill.finish import finish, stages, videos_of  # noqa: F401 (stages: the end-of-run Stages, for tests)
@@ -73,20 +73,23 @@ class Run:
 
 
 # --- setup -------------------------------------------------------------------------------------
-def make_accelerator(cfg: DictConfig) -> Accelerator:
+def make_accelerator(cfg: DictConfig, run_dir: Path | None = None) -> Accelerator:
     cuda = torch.cuda.is_available()
     if cfg.device.startswith("cuda") and not cuda:
         raise ConfigError(f"device={cfg.device}: no CUDA device is visible here; use device=auto or device=cpu")
     if cfg.precision == "fp16" and (cfg.device == "cpu" or not cuda):
         raise ConfigError("precision=fp16 is not supported on a CPU (accelerate would silently train in fp32); "
                           "use precision=no or precision=bf16")
-    return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision)
+    tracker = cfg.get("tracker", "none")
+    return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision,
+                       log_with=None if tracker == "none" else tracker,
+                       project_dir=None if run_dir is None else str(Path(run_dir) / "trackers"))
 
 
 def setup(cfg: DictConfig, run_dir: Path) -> Run:
     check_config(cfg, TRAIN)
     out = RunDir(run_dir)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir)
     resume, overwrite = out.resolve_resume(cfg.resume, cfg.overwrite)  # every process decides alike
     if accelerator.is_main_process:
         out.lock()
@@ -138,6 +141,10 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         run.nonfinite, run.nonfinite_in_a_row = int(loop.get("nonfinite", 0)), int(loop.get("nonfinite_in_a_row", 0))
         run.history = out.read_metrics(upto=run.step)
     out.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("tracker", "none") != "none":  # hyperparameters: the config's scalar leaves
+        scalars = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+                   if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("turbo", config=scalars)
     return run
 
 
@@ -278,6 +285,8 @@ def train(run: Run) -> None:
             metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
+            if run.accelerator.trackers:
+                run.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=run.step)
             first = next((k for k in metrics if k.endswith("/loss")), None)
             if first:
                 bar.set_postfix({first: f"{metrics[first]:.4f}"})
@@ -300,6 +309,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Run:
         run = setup(cfg, run_dir)
         train(run)
         finish(run)
+        run.accelerator.end_training()  # flushes and closes the trackers
     finally:
         out.unlock()
     return run

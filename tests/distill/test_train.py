@@ -277,3 +277,16 @@ def test_a_toy_i2v_run_is_probed_and_benchmarked_from_true_first_frames(tmp_path
     assert "val/total" in metrics(tmp_path)[0]
     done = json.loads((tmp_path / "DONE").read_text())
     assert {"teacher, 4 steps, CFG 3.0", "student, 2 steps"} <= set(done["eval"])
+
+
+def test_tracker_tensorboard_logs_every_metrics_row(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_training(cfg_for("tracker=tensorboard"), tmp_path)
+    events = list((tmp_path / "trackers").rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard events file under <run>/trackers"
+    logged = [EventAccumulator(str(e.parent)).Reload() for e in events]
+    scalars = next(a for a in logged if "student/loss" in a.Tags()["scalars"])
+    losses = [(e.step, e.value) for e in scalars.Scalars("student/loss")]
+    assert losses == [(r["step"], pytest.approx(r["student/loss"], rel=1e-6)) for r in metrics(tmp_path)]
