@@ -90,7 +90,13 @@ def fake_checkpoints(tmp_path_factory):
     # ImageReward: the tiny model as a flat state dict like ImageReward.pt; the same tiny vocab (+ BLIP's 2 tokens)
     from rewards.image_reward_model import tiny_image_reward_model
     torch.save(tiny_image_reward_model().state_dict(), root / "ImageReward.pt")
+    # data=cached: a turbo-cache of 4 toy clips for the default model (toy_t2v) and video size
+    from hydra import compose, initialize_config_module
+    from distill.cache import build_cache
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        build_cache(compose("cache", overrides=["data.size=4", f"cache.dir={root / 'cache'}", "device=cpu"]))
     return {"model.path": str(wan), "reward.clip.model.checkpoint": str(clip), "data.root": str(videos),
+            "data.dir": str(root / "cache"),
             "reward.hpsv2.model.checkpoint": str(clip), "reward.aesthetic.model.clip_checkpoint": str(clip),
             "reward.aesthetic.model.head_checkpoint": str(root / "aesthetic_head.pt"),
             "reward.pickscore.model.path": str(root / "pickscore"),
