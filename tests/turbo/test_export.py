@@ -14,15 +14,20 @@ from turbo.schedule import FlowSchedule
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-def student(guidance_embedding: bool = False) -> Denoiser:
-    """The tiny Wan with a random (non-zero) rank-4, alpha-8 "student" (scale 2, not 1)."""
-    d = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan", "condition_embedder.time_embedder").eval()
-    d.add_adapter("student", rank=4, alpha=8, target_modules=TARGETS, guidance_embedding=guidance_embedding)
+def with_random_student(d: Denoiser, targets, guidance_embedding: bool = False) -> Denoiser:
+    """``d`` with a random (non-zero) rank-4, alpha-8 "student" (scale 2, not 1)."""
+    d.add_adapter("student", rank=4, alpha=8, target_modules=targets, guidance_embedding=guidance_embedding)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in d.adapter_parameters("student"):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return d
+
+
+def student(guidance_embedding: bool = False) -> Denoiser:
+    """The tiny Wan with a random student."""
+    d = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan", "condition_embedder.time_embedder").eval()
+    return with_random_student(d, TARGETS, guidance_embedding)
 
 
 def inputs():
@@ -64,12 +69,7 @@ def hunyuan_student(targets, num_single_layers: int = 1) -> Denoiser:
 
     d = Denoiser(tiny_hunyuan(seed=0, num_single_layers=num_single_layers), FlowSchedule(shift=7.0), "hunyuan",
                  "time_text_embed.timestep_embedder").eval()
-    d.add_adapter("student", rank=4, alpha=8, target_modules=targets)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for p in d.adapter_parameters("student"):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return d
+    return with_random_student(d, targets)
 
 
 def test_hunyuan_names_fuse_q_k_v_as_the_release_does():
