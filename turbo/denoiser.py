@@ -229,7 +229,12 @@ class Denoiser(nn.Module):
     def raw(self, x_t: Tensor, t: Tensor, cond: TextCond, schedule: Schedule | None = None) -> Tensor:
         """The backbone's raw output in the active role (``t``: indices of ``schedule``, default ours)."""
         tm = (schedule or self.schedule).model_timestep(t).to(x_t.device)
-        return self.spec.call(self.backbone, x_t, tm, cond)
+        # a bf16 (or fp16) base gets its inputs in its dtype and gives its output back in the
+        # caller's, so the schedule's conversions stay in float32 (as diffusers' pipelines do)
+        dtype = self.backbone.dtype
+        if x_t.dtype == dtype:
+            return self.spec.call(self.backbone, x_t, tm, cond)
+        return self.spec.call(self.backbone, x_t.to(dtype), tm, cond.to(x_t.device, dtype)).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor | int, cond: TextCond, *, role: Role = "teacher",
                 guidance: Tensor | None = None, schedule: Schedule | None = None) -> Pred:

@@ -34,3 +34,18 @@ def test_the_cache_benchmark_counts_the_real_text_encoder_it_leaves_out():
     # UMT5-XXL is 5.68 B parameters (11.4 GB in bf16) beside the 14.29 B transformer
     assert "| UMT5-XXL text encoder (not loaded with data=cached) | 5.68 B | 11.4 |" in table
     assert "| transformer | 14.29 B | 28.6 |" in table and "(0.72x)" in table
+
+
+def test_the_gpu_benchmark_runs_its_code_on_a_cpu_and_appends_its_rows(tmp_path):
+    from eval.gpu_bench import main
+
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# Benchmarks\n")
+    text = main(["--size", "tiny", "--device", "cpu", "--repeats", "1", "--out", str(out)])
+    assert out.read_text() == "# Benchmarks\n\n" + text + "\n"
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    ratio, bound = rows["teacher / student"].split("x (NFE bound ")
+    assert 1 < float(ratio) <= float(bound.split("x")[0]) * 1.1  # what the network evaluations allow
+    assert {"training step, cd (LoRA rank 64)", "training step, dmd2, three copies (LoRA rank 64)"} <= set(rows)
+    assert "% MFU of 989" in rows["transformer forward + backward (full backward)"]

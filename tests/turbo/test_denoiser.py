@@ -205,3 +205,17 @@ def test_bad_inputs_name_the_problem():
         Denoiser(tiny_wan(), FlowSchedule(), "flux")
     with pytest.raises(ValueError, match="target_modules"):
         d.add_adapter("x", 4, 4, ["no_such_layer"])
+
+
+def test_a_bf16_base_takes_float32_latents_and_gives_float32_back():
+    import copy
+
+    d32 = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan").eval()
+    d16 = copy.deepcopy(d32).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 4, 4, generator=g)
+    cond = tiny_text_encoder(seed=0)(["a red circle", "a blue square"])  # float32 text, as encoders give
+    with torch.no_grad():
+        want, got = d32(x, 500, cond), d16(x, 500, cond)
+    assert got.out.dtype == got.x0.dtype == torch.float32  # the schedule's conversions stay in float32
+    assert (got.out - want.out).abs().max() <= 0.05 * want.out.abs().max()  # bf16 rounding, not another function
