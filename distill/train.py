@@ -108,6 +108,11 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae = build(m.vae, "model.vae").to(device)
     schedule = build(m.schedule, "model.schedule")
     denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
+    if cfg.train.get("gradient_checkpointing", False):
+        try:
+            denoiser.enable_gradient_checkpointing()
+        except ValueError as e:
+            raise ConfigError(f"train.gradient_checkpointing=true: {e}") from None
     # the objective adds the adapters it trains (the student from `student`, a critic, an EMA target)
     adapter = {k: v for k, v in OmegaConf.to_container(cfg.student).items() if k != "export"}
     objective = build(cfg.objective, "objective", denoiser=denoiser, adapter=adapter)

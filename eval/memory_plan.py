@@ -10,8 +10,8 @@ device (no weights, no memory) from the model config's ``arch:`` node:
 - activations saved for backward: measured here on CPU for one and two layers of the model's real
   width (bf16, flash attention, ``torch.autograd.graph.saved_tensors_hooks``) at two small token
   counts, as ``tokens x (per_layer x layers + outside)`` (the slopes), extrapolated to the run's
-  tokens; with ``gradient_checkpointing=true`` (the default here; turbo-train's switch for it is
-  still to be built) only each layer's input is kept, plus one layer's working set during its
+  tokens; with ``gradient_checkpointing=true`` (the default here, ``train.gradient_checkpointing``
+  in turbo-train) only each layer's input is kept, plus one layer's working set during its
   recompute;
 - the text encoder (bf16, replicated; Wan's UMT5-XXL; 0 with ``data=cached``) and the VAE.
 

@@ -13,11 +13,12 @@ which would let a role switch inside a loss silently change what an optimizer tr
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Union
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.embeddings import get_timestep_embedding
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -84,6 +85,7 @@ class Denoiser(nn.Module):
         self.time_embedding_module = time_embedding_module
         self.guidance_embeddings = nn.ModuleDict()  # role name -> GuidanceEmbedding
         self._layers_cache: list[BaseTunerLayer] | None = None
+        self._active: dict[str, float] | None = None  # the adapters (and scales) the backbone runs with now
         self.merged: str | None = None  # set by turbo.inference.merge_lora
 
     # --- adapters ------------------------------------------------------------------------
@@ -133,6 +135,7 @@ class Denoiser(nn.Module):
 
     def _set_active(self, weights: Mapping[str, float] | None) -> None:
         """Activate adapters with scales (None or {} = adapters off = teacher)."""
+        self._active = dict(weights) if weights else None
         for module in self._tuner_layers:
             module._disable_adapters = not weights
             if weights:
@@ -149,6 +152,32 @@ class Denoiser(nn.Module):
             yield
         finally:
             self._set_active(None)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each block of the backbone in backward instead of keeping its activations
+        (diffusers' own switch), with the adapters that were active in the block's forward: the
+        recompute runs after this call's ``role`` has been switched back, so the checkpoint restores
+        it (torch.utils.checkpoint's ``context_fn``; hand-written because diffusers' default
+        checkpoint function knows nothing of adapter roles)."""
+        if not getattr(self.backbone, "_supports_gradient_checkpointing", False):
+            raise ValueError(f"{type(self.backbone).__name__} does not support gradient checkpointing")
+
+        def checkpointed(module: nn.Module, *args):
+            active = self._active
+
+            @contextmanager
+            def as_in_forward():
+                now = self._active
+                self._set_active(active)
+                try:
+                    yield
+                finally:
+                    self._set_active(now)
+
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False,
+                                                     context_fn=lambda: (nullcontext(), as_in_forward()))
+
+        self.backbone.enable_gradient_checkpointing(checkpointed)
 
     def _guidance_embedding(self, role: Role) -> GuidanceEmbedding | None:
         """The guidance embedding of ``role`` (its first adapter that has one), or None."""

@@ -219,3 +219,30 @@ def test_a_bf16_base_takes_float32_latents_and_gives_float32_back():
         want, got = d32(x, 500, cond), d16(x, 500, cond)
     assert got.out.dtype == got.x0.dtype == torch.float32  # the schedule's conversions stay in float32
     assert (got.out - want.out).abs().max() <= 0.05 * want.out.abs().max()  # bf16 rounding, not another function
+
+
+def _student_grads(checkpointing: bool):
+    d = Denoiser(tiny_wan(seed=0), FlowSchedule(shift=3.0), "wan", "condition_embedder.time_embedder")
+    d.add_adapter("student", 4, 4, ["to_q", "to_k", "to_v", "to_out.0"], guidance_embedding=True)
+    with torch.no_grad():
+        for p in d.adapter_parameters("student"):
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    if checkpointing:
+        d.enable_gradient_checkpointing()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 3, 4, 4, generator=g)
+    cond = tiny_text_encoder(seed=0)(["a red circle", "a blue square"])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        student = d(x, 500, cond, role="student", guidance=torch.full((2,), 3.0)).out
+    teacher = d(x, 500, cond, role="teacher").out.detach()  # the role changes before backward recomputes
+    (student - teacher).square().mean().backward()
+    return [p.grad.clone() for p in d.adapter_parameters("student")], sum(saved)
+
+
+def test_gradient_checkpointing_recomputes_with_the_forwards_adapter_and_keeps_less():
+    plain, kept = _student_grads(False)
+    checkpointed, kept_checkpointed = _student_grads(True)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(plain, checkpointed))
+    assert any(a.abs().max() > 0 for a in plain)
+    assert kept_checkpointed < 0.8 * kept
