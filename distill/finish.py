@@ -110,6 +110,25 @@ def evaluate(run: Run, stages: dict[str, Stage]) -> tuple[dict, str]:
     return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe)
 
 
+@torch.no_grad()
+def validation_samples(run: Run) -> list:
+    """The student's samples now (``samples.every``): ``samples/step_NNNNNN/*.mp4`` on the sample
+    prompts and seed, and their first frames to the run's trackers. Returns the files written."""
+    s, v = run.cfg.samples, run.cfg.video
+    student = list(stages(run).values())[-1]
+    prompts, frames = first_frames(run, len(s.prompts))
+    videos = student.video(prompts, v.num_frames, v.height, v.width, torch.Generator().manual_seed(s.seed),
+                           first_frame=frames)
+    folder = run.out.path / "samples" / f"step_{run.step:06d}"
+    files = [write_video(folder / f"{i:02d}_{safe_name(p, 60)}.mp4", video, fps=s.fps)
+             for i, (p, video) in enumerate(zip(prompts, videos))]
+    first = videos[:, 0].float().clamp(0, 1).cpu().numpy()  # N,3,H,W
+    for tracker in run.accelerator.trackers:
+        images = first if tracker.name == "tensorboard" else list(first.transpose(0, 2, 3, 1))
+        tracker.log_images({"samples/first_frames": images}, step=run.step)
+    return files
+
+
 def save_student(run: Run, adapter: str, sampler: Sampler) -> None:
     """``student/``: the diffusers LoRA, ``sampler.json`` and the exports ``student.export`` asks for."""
     folder, export = run.out.path / "student", run.cfg.student.export

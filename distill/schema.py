@@ -46,6 +46,7 @@ TRAIN = {
     "samples": Section({
         "prompts": Rule((list,), lambda v: len(v) > 0 and all(isinstance(p, str) and p.strip() for p in v),
                         "a non-empty list of non-empty strings"),
+        "every": NON_NEGATIVE_INT,
         "seed": NON_NEGATIVE_INT,
         "fps": number(lambda v: v > 0, "a number > 0"),
         "teacher_steps": positive_int(),

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from distill.checkpoint import RunDir, TrainingStopped, flatten
 from distill.data import StepBatches, step_loader
 from distill.feedback import RewardFeedback
-from distill.finish import finish, stages, videos_of  # noqa: F401 (stages: the end-of-run Stages, for tests)
+from distill.finish import finish, stages, validation_samples, videos_of  # noqa: F401 (stages: the end-of-run Stages, for tests)
 from distill.objectives.base import Batch, Objective, group_loss
 from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
@@ -288,6 +288,9 @@ def train(run: Run) -> None:
         if every and run.step % every == 0 and run.accelerator.is_main_process and run.objective.student is not None:
             student = list(stages(run).values())[-1]
             metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
+        if run.cfg.samples.get("every") and run.step % run.cfg.samples.every == 0 and \
+                run.accelerator.is_main_process and run.objective.student is not None:
+            validation_samples(run)
         if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
             if run.accelerator.trackers:

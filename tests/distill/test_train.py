@@ -299,3 +299,15 @@ def test_gradient_checkpointing_trains_the_same_student(tmp_path):
     for key in ("student/loss", "student/grad_norm", "score/clip"):
         assert [r[key] for r in metrics(tmp_path / "checkpointed")] == pytest.approx(
             [r[key] for r in metrics(tmp_path / "plain")], rel=1e-5, abs=1e-7)
+
+
+def test_validation_samples_every_n_steps_reach_the_run_dir_and_the_tracker(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_training(cfg_for("samples.every=2", "tracker=tensorboard"), tmp_path)  # 4 steps
+    steps = sorted(p.name for p in (tmp_path / "samples").glob("step_*"))
+    assert steps == ["step_000002", "step_000004"] and all(any((tmp_path / "samples" / s).glob("*.mp4")) for s in steps)
+    logged = [EventAccumulator(str(e.parent)).Reload() for e in (tmp_path / "trackers").rglob("events.out.tfevents.*")]
+    images = [a for a in logged if a.Tags()["images"]]
+    assert images and [e.step for e in images[0].Images(images[0].Tags()["images"][0])] == [2, 4]
