@@ -60,3 +60,21 @@ def test_a_two_process_checkpoint_resumes_on_one_or_two_processes(tmp_path, sing
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for key in KEYS:
         assert [r[key] for r in resumed] == pytest.approx([r[key] for r in metrics(single)], rel=1e-4, abs=1e-6), key
+
+
+def test_the_explicit_gradient_all_reduce_equals_ddps(tmp_path):
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_port()}", worker, str(tmp_path)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for grads in ranks:
+        assert len(grads["ours"]) == len(grads["ddp"]) > 0 and any(g.abs().max() > 0 for g in grads["ours"])
+        for ours, ddp in zip(grads["ours"], grads["ddp"]):
+            torch.testing.assert_close(ours, ddp, rtol=1e-5, atol=1e-8)
+    for a, b in zip(ranks[0]["ours"], ranks[1]["ours"]):  # averaged: the same on both ranks
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
