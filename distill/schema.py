@@ -22,6 +22,7 @@ TRAIN = {
     "seed": NON_NEGATIVE_INT,
     "device": DEVICE,
     "precision": Rule((str,), lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
+    "base_dtype": Rule((str,), lambda v: v in ("float32", "bfloat16", "float8"), "float32, bfloat16 or float8"),
     "resume": Rule((bool, str), lambda v: isinstance(v, bool) or v == "auto", "true, false or auto"),
     "overwrite": BOOL,
     "tracker": Rule((str,), lambda v: v in ("none", "tensorboard", "wandb"), "none, tensorboard or wandb"),

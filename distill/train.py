@@ -108,6 +108,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae = build(m.vae, "model.vae").to(device)
     schedule = build(m.schedule, "model.schedule")
     denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
+    store_base(denoiser.backbone, cfg.get("base_dtype", "float32"))  # before the adapters: they stay float32
     if cfg.train.get("gradient_checkpointing", False):
         try:
             denoiser.enable_gradient_checkpointing()
@@ -151,6 +152,20 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                    if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("turbo", config=scalars)
     return run
+
+
+def store_base(backbone: torch.nn.Module, dtype: str) -> None:
+    """The frozen base's storage: bfloat16 keeps the modules diffusers marks ``_keep_in_fp32_modules``
+    (norms, time embedder, RoPE) in float32; float8 stores e4m3 and computes in bfloat16, layer by
+    layer (diffusers' ``enable_layerwise_casting``). Adapters added afterwards are not touched."""
+    if dtype in ("bfloat16", "float8"):  # float8: the modules layerwise casting skips compute in bfloat16
+        keep = getattr(backbone, "_keep_in_fp32_modules", None) or []
+        for name, module in backbone.named_modules():
+            if not any(k in name.split(".") for k in keep):
+                for p in module.parameters(recurse=False):
+                    p.data = p.data.to(torch.bfloat16)
+    if dtype == "float8":
+        backbone.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
 
 
 def step_batches(run: Run) -> StepBatches:

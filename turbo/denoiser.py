@@ -110,6 +110,8 @@ class Denoiser(nn.Module):
         except ValueError as e:
             raise ValueError(f"model.lora.target_modules={list(target_modules)} does not fit this "
                              f"backbone ({type(self.backbone).__name__}): {e}") from e
+        for p in self.adapter_parameters(name):  # float32 adapters on a bf16 / fp8 base (peft makes them its dtype)
+            p.data = p.data.float()
         # diffusers keeps adapter configs in ``peft_config`` (not every backbone class has its
         # PeftAdapterMixin, e.g. UNet3DConditionModel, so we keep it the same way ourselves)
         self.backbone.peft_config = {**(getattr(self.backbone, "peft_config", None) or {}), name: config}

@@ -311,3 +311,24 @@ def test_validation_samples_every_n_steps_reach_the_run_dir_and_the_tracker(tmp_
     logged = [EventAccumulator(str(e.parent)).Reload() for e in (tmp_path / "trackers").rglob("events.out.tfevents.*")]
     images = [a for a in logged if a.Tags()["images"]]
     assert images and [e.step for e in images[0].Images(images[0].Tags()["images"][0])] == [2, 4]
+
+
+def test_a_bfloat16_base_trains_float32_adapters_to_nearly_the_same_losses(tmp_path):
+    run_training(cfg_for("train.steps=2"), tmp_path / "fp32")
+    run = run_training(cfg_for("train.steps=2", "base_dtype=bfloat16"), tmp_path / "bf16")
+    base = {n: p.dtype for n, p in run.denoiser.backbone.named_parameters() if "lora_" not in n}
+    adapters = run.objective.trainable()["student"]
+    assert base["blocks.0.attn1.to_q.base_layer.weight"] == torch.bfloat16 and {p.dtype for p in adapters} == {torch.float32}
+    assert base["blocks.0.norm2.weight"] == torch.float32  # diffusers' _keep_in_fp32_modules stay float32
+    want, got = metrics(tmp_path / "fp32")[0]["cd"], metrics(tmp_path / "bf16")[0]["cd"]
+    assert got == pytest.approx(want, rel=0.1) and got != want  # bf16 rounding of the same function
+
+
+def test_a_float8_base_is_stored_in_e4m3_and_trains(tmp_path):
+    run_training(cfg_for("train.steps=2"), tmp_path / "fp32")
+    run = run_training(cfg_for("train.steps=2", "base_dtype=float8"), tmp_path / "fp8")
+    weight = dict(run.denoiser.backbone.named_parameters())["blocks.0.attn1.to_q.base_layer.weight"]
+    assert weight.dtype == torch.float8_e4m3fn
+    assert {p.dtype for p in run.objective.trainable()["student"]} == {torch.float32}
+    want, got = metrics(tmp_path / "fp32")[0]["cd"], metrics(tmp_path / "fp8")[0]["cd"]
+    assert got == pytest.approx(want, rel=0.5) and got != want
