@@ -40,11 +40,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--t2i", default="toy_t2i", help="the T2I teacher's model config (toy_t2i, toy_t2i_w128)")
     parser.add_argument("--t2v-student", help="a toy_t2v run's student folder: also score it")
     parser.add_argument("--i2v-student", help="a toy_i2v run's student folder: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
-    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", "toy_t2i", "toy_i2v"))
+    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.t2i, "toy_i2v"))
     bench = ToyBench(num_prompts=args.prompts, num_frames=9)
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
