@@ -232,10 +232,12 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(dumps(r) + "\n" for r in rows))
         return rows
 
-    def check_resume_config(self, new: dict, free: tuple[str, ...], allow: list[str]) -> None:
+    def check_resume_config(self, new: dict, free: tuple[str, ...], allow: list[str], defaults: dict | None = None) -> None:
         """resume=true: refuse a config whose training keys differ from the stored config.yaml
         (a new learning rate would otherwise be written there and silently ignored), unless each
-        changed key is in ``free`` or ``allow`` (a key or a section prefix)."""
+        changed key is in ``free`` or ``allow`` (a key or a section prefix). A key the stored config
+        lacks (a newer turbo added it) is unchanged at its value in ``defaults`` (flat keys): the
+        behaviour the run had."""
         from omegaconf import OmegaConf
 
         path = self.path / "config.yaml"
@@ -247,8 +249,9 @@ class RunDir:
         def exempt(key: str) -> bool:
             return any(key == p or key.startswith(p + ".") or key.startswith(p + "[") for p in (*free, *allow))
 
+        defaults = defaults or {}
         changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")
-                   and not exempt(k)]
+                   and not exempt(k) and not (k not in old and k in defaults and new.get(k) == defaults[k])]
         if changed:
             shown = ", ".join(f"{k} ({old.get(k, '<absent>')} -> {new.get(k, '<absent>')})" for k in changed[:8])
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""

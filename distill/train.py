@@ -95,7 +95,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         out.lock()
         out.claim(resume=resume, overwrite=overwrite)
         if resume:
-            out.check_resume_config(OmegaConf.to_container(cfg, resolve=True), RESUME_FREE, list(cfg.resume_allow))
+            out.check_resume_config(OmegaConf.to_container(cfg, resolve=True), RESUME_FREE, list(cfg.resume_allow),
+                                    defaults=app_defaults())
     accelerator.wait_for_everyone()
     device = accelerator.device
 
@@ -152,6 +153,15 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                    if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("turbo", config=scalars)
     return run
+
+
+def app_defaults() -> dict:
+    """turbo-train's own values of its plain keys (conf/train.yaml, flat), for runs made before a key existed."""
+    import conf
+
+    node = OmegaConf.load(Path(conf.__file__).parent / "train.yaml")
+    return {k: v for k, v in flatten(OmegaConf.to_container(node, resolve=False)).items()
+            if not isinstance(v, str) or "${" not in v}
 
 
 def store_base(backbone: torch.nn.Module, dtype: str) -> None:

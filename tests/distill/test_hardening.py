@@ -226,6 +226,19 @@ def test_resume_with_a_changed_learning_rate_or_rank_is_refused_unless_allowed(t
     assert (run / "DONE").exists() and "lr: 0.001" in (run / "config.yaml").read_text()
 
 
+def test_a_run_made_before_a_key_existed_resumes_at_that_keys_default(tmp_path):
+    run = tmp_path / "run"
+    base = ["train.steps=2", "train.checkpoint_every=2", "reward=none"]
+    _unfinished(run, *base)
+    config = run / "config.yaml"  # as an older turbo wrote it: no base_dtype key
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("base_dtype:")))
+    with pytest.raises(ConfigError, match=r"base_dtype \(<absent> -> bfloat16\)"):  # a change is still a change
+        setup(cfg_for(*base, "train.steps=4", "resume=true", "base_dtype=bfloat16"), run)
+    run_training(cfg_for(*base, "train.steps=4", "resume=true"), run)  # the default: what the run did
+    assert (run / "DONE").exists()
+
+
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
     run = tmp_path / "run"
     _unfinished(run, "train.steps=2", "train.checkpoint_every=2", "reward=none")
