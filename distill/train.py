@@ -80,9 +80,8 @@ def make_accelerator(cfg: DictConfig, run_dir: Path | None = None) -> Accelerato
     if cfg.precision == "fp16" and (cfg.device == "cpu" or not cuda):
         raise ConfigError("precision=fp16 is not supported on a CPU (accelerate would silently train in fp32); "
                           "use precision=no or precision=bf16")
-    tracker = cfg.get("tracker", "none")
     return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision,
-                       log_with=None if tracker == "none" else tracker,
+                       log_with=None if cfg.tracker == "none" else cfg.tracker,
                        project_dir=None if run_dir is None else str(Path(run_dir) / "trackers"))
 
 
@@ -109,8 +108,8 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae = build(m.vae, "model.vae").to(device)
     schedule = build(m.schedule, "model.schedule")
     denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
-    store_base(denoiser.backbone, cfg.get("base_dtype", "float32"))  # before the adapters: they stay float32
-    if cfg.train.get("gradient_checkpointing", False):
+    denoiser.store_base(cfg.base_dtype)  # before the adapters: they stay float32
+    if cfg.train.gradient_checkpointing:
         try:
             denoiser.enable_gradient_checkpointing()
         except ValueError as e:
@@ -148,7 +147,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         run.nonfinite, run.nonfinite_in_a_row = int(loop.get("nonfinite", 0)), int(loop.get("nonfinite_in_a_row", 0))
         run.history = out.read_metrics(upto=run.step)
     out.write_config(OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.get("tracker", "none") != "none":  # hyperparameters: the config's scalar leaves
+    if cfg.tracker != "none":  # hyperparameters: the config's scalar leaves
         scalars = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
                    if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("turbo", config=scalars)
@@ -162,20 +161,6 @@ def app_defaults() -> dict:
     node = OmegaConf.load(Path(conf.__file__).parent / "train.yaml")
     return {k: v for k, v in flatten(OmegaConf.to_container(node, resolve=False)).items()
             if not isinstance(v, str) or "${" not in v}
-
-
-def store_base(backbone: torch.nn.Module, dtype: str) -> None:
-    """The frozen base's storage: bfloat16 keeps the modules diffusers marks ``_keep_in_fp32_modules``
-    (norms, time embedder, RoPE) in float32; float8 stores e4m3 and computes in bfloat16, layer by
-    layer (diffusers' ``enable_layerwise_casting``). Adapters added afterwards are not touched."""
-    if dtype in ("bfloat16", "float8"):  # float8: the modules layerwise casting skips compute in bfloat16
-        keep = getattr(backbone, "_keep_in_fp32_modules", None) or []
-        for name, module in backbone.named_modules():
-            if not any(k in name.split(".") for k in keep):
-                for p in module.parameters(recurse=False):
-                    p.data = p.data.to(torch.bfloat16)
-    if dtype == "float8":
-        backbone.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
 
 
 def step_batches(run: Run) -> StepBatches:
@@ -313,7 +298,7 @@ def train(run: Run) -> None:
         if every and run.step % every == 0 and run.accelerator.is_main_process and run.objective.student is not None:
             student = list(stages(run).values())[-1]
             metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
-        if run.cfg.samples.get("every") and run.step % run.cfg.samples.every == 0 and \
+        if run.cfg.samples.every and run.step % run.cfg.samples.every == 0 and \
                 run.accelerator.is_main_process and run.objective.student is not None:
             validation_samples(run)
         if run.accelerator.is_main_process:

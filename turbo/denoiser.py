@@ -155,6 +155,23 @@ class Denoiser(nn.Module):
         finally:
             self._set_active(None)
 
+    def store_base(self, dtype: str) -> None:
+        """The frozen base's storage: "float32" (as built); "bfloat16" keeps the modules diffusers
+        marks ``_keep_in_fp32_modules`` (norms, time embedder, RoPE) in float32; "float8" stores e4m3
+        and computes in bfloat16, layer by layer (diffusers' ``enable_layerwise_casting``; the
+        modules it skips compute in bfloat16). Call it before adding adapters: they stay float32."""
+        if dtype not in ("float32", "bfloat16", "float8"):
+            raise ValueError(f"base dtype must be float32, bfloat16 or float8, found {dtype!r}")
+        if dtype == "float32":
+            return
+        keep = getattr(self.backbone, "_keep_in_fp32_modules", None) or []
+        for name, module in self.backbone.named_modules():
+            if not any(k in name.split(".") for k in keep):
+                for p in module.parameters(recurse=False):
+                    p.data = p.data.to(torch.bfloat16)
+        if dtype == "float8":
+            self.backbone.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each block of the backbone in backward instead of keeping its activations
         (diffusers' own switch), with the adapters that were active in the block's forward: the
