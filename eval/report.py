@@ -174,10 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", action="store_true", help="pool runs that differ only in seed= (mean +- sd)")
     parser.add_argument("--plot", help="write the validation probe against the step, per arm, to this PNG")
     parser.add_argument("--metric", default="val/total", help="the metrics.jsonl key --plot draws (default val/total)")
+    parser.add_argument("--drop", nargs="+", default=[], metavar="ARM",
+                        help="leave out the runs of these arms (as the table labels them, e.g. reward=toy)")
     parser.add_argument("--reach", type=float, help="with --seeds: steps until --metric reaches this fraction of "
                                                     "the run's many-step teacher Total (e.g. 0.9)")
     args = parser.parse_args(argv)
-    rows = collect(*args.roots)
+    rows = [r for r in collect(*args.roots) if r["arm"] not in args.drop]
+    if not rows:
+        raise SystemExit(f"turbo-report: --drop {' '.join(args.drop)} leaves no run")
     text = pooled_table(rows, args.reach, args.metric) if args.seeds else table(rows)
     print(text)
     if args.plot:

@@ -56,6 +56,8 @@ def test_seeds_pool_into_mean_and_sd_per_arm_and_the_probe_is_plotted(tmp_path, 
                                     [pytest.approx(4.0), pytest.approx(4.0)])
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--seeds", "--plot", str(tmp_path / "p.png")])
     assert "± " in capsys.readouterr().out and (tmp_path / "p.png").stat().st_size > 1000
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--seeds", "--drop", "reward=none"])
+    assert "| reward=none |" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="val/x"):
         main([str(tmp_path / "a"), "--seeds", "--plot", str(tmp_path / "q.png"), "--metric", "val/x"])
 
