@@ -22,32 +22,14 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import statistics
 import time
 
 import torch
 
-from eval.speed import SIZES, run as sampling_speed
+from eval.speed import SIZES, _sync, run as sampling_speed, time_per_video
 
 LATENT = {"tiny": (16, 5, 16, 16), "wan1.3b": (16, 21, 60, 104)}
 VAE = {"tiny": dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1), "wan1.3b": {}}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _denoiser(size: str, device: torch.device, dtype: torch.dtype):
@@ -70,7 +52,7 @@ def decode_seconds(size: str, device: torch.device, dtype: torch.dtype, repeats:
     vae = AutoencoderKLWan(**VAE[size]).to(device, dtype).eval()
     z = torch.randn(1, *LATENT[size], device=device, dtype=dtype)
     with torch.no_grad():
-        return _median_seconds(lambda: vae.decode(z), device, repeats)
+        return time_per_video(lambda: vae.decode(z), device, repeats)
 
 
 def forward_backward(size: str, device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
@@ -89,7 +71,7 @@ def forward_backward(size: str, device: torch.device, dtype: torch.dtype, repeat
     counter = FlopCounterMode(display=False)
     with counter:
         step()
-    seconds = _median_seconds(step, device, repeats)
+    seconds = time_per_video(step, device, repeats)
     return {"flops": counter.get_total_flops(), "seconds": seconds}
 
 
