@@ -27,18 +27,25 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
                 feed_forward_proj="gated-gelu")
 
 
-def real_size_table() -> str:
+def wan_text_and_vae_params() -> tuple[int, int]:
+    """Parameters of Wan2.1's UMT5-XXL text encoder and of its VAE, counted on the meta device."""
     from diffusers import AutoencoderKLWan
-    from hydra import compose, initialize_config_module
     from transformers import UMT5Config, UMT5EncoderModel
+
+    from turbo.models.full import parameter_count
+
+    with torch.device("meta"):
+        return parameter_count(UMT5EncoderModel(UMT5Config(**UMT5_XXL))), parameter_count(AutoencoderKLWan())
+
+
+def real_size_table() -> str:
+    from hydra import compose, initialize_config_module
 
     from turbo.models.full import parameter_count, random_backbone
 
     with initialize_config_module(config_module="conf", version_base="1.3"):
         arch = compose("train", overrides=["model=wan2.1_t2v_14b", "model.path=/unused"]).model.arch
-    with torch.device("meta"):
-        text = parameter_count(UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
-        vae = parameter_count(AutoencoderKLWan())
+    text, vae = wan_text_and_vae_params()
     transformer = parameter_count(random_backbone("wan", arch))
     gb = 2 / 1e9  # bf16 bytes per parameter, in GB
     uncached, cached = transformer + vae + text, transformer + vae

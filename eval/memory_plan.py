@@ -27,13 +27,12 @@ import sys
 
 import torch
 
-from eval.cache_bench import UMT5_XXL
+from eval.cache_bench import wan_text_and_vae_params
 
 GB = 1e9
 OPTIONS = {"model": "wan2.1_t2v_14b", "objective": "dmd2", "gpus": 8, "gpu_memory": 80.0, "frames": 81,
            "height": 480, "width": 832, "batch": 1, "rank": 64, "gradient_checkpointing": True, "cached": False}
 ADAPTERS = {"cd": (1, 1), "dmd2": (2, 0), "w2s": (2, 0)}  # (trained adapters, fp32 EMA copies)
-VAE_PARAMS = 126_892_531  # AutoencoderKLWan (eval.cache_bench measures it)
 
 
 def parse(argv: list[str]) -> dict:
@@ -138,14 +137,15 @@ def plan(opts: dict) -> str:
     else:
         acts = tokens * (layers * per_layer + outside)
     acts *= opts["batch"]
-    text = 0 if opts["cached"] or m.family != "wan" else _umt5_params() * 2
+    text_params, vae_params = wan_text_and_vae_params()
+    text = 0 if opts["cached"] or m.family != "wan" else text_params * 2
     parts = {
         "frozen base (bf16, 1 / gpus)": base * 2 / opts["gpus"],
         "gathered layers (2 x one block, bf16)": 2 * layer * 2,
         f"adapters ({trained} trained x rank {opts['rank']} + {ema} EMA, fp32 + grad + AdamW)": lora * (16 * trained + 4 * ema),
         "activations saved for backward": acts,
         "text encoder (bf16" + (", cached: not loaded)" if opts["cached"] else ")"): text,
-        "VAE (bf16)": VAE_PARAMS * 2,
+        "VAE (bf16)": vae_params * 2,
     }
     total = sum(parts.values())
     copies = total + 2 * base * 2 / opts["gpus"]
@@ -162,15 +162,6 @@ def plan(opts: dict) -> str:
               f"{per_layer / 1e3:.1f} kB per token per layer, {outside / 1e3:.1f} kB per token outside them (bf16, CPU "
               f"flash attention, slopes of 1 and 2 layers between 64 and 128 tokens)"]
     return "\n".join(lines)
-
-
-def _umt5_params() -> int:
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from turbo.models.full import parameter_count
-
-    with torch.device("meta"):
-        return parameter_count(UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
 
 
 def main(argv: list[str] | None = None) -> str:
