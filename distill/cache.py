@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from distill.data import BadItemError
-from turbo.atomic import atomic_write_text
+from turbo.atomic import atomic_file, atomic_write_text
 from distill.schema import CACHE
 from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.text import TextCond
@@ -50,10 +50,9 @@ def shard_name(k: int) -> str:
 
 
 def _save(path: Path, tensors: dict, metadata: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
-    tmp.replace(path)  # a shard is either whole or absent
+    with atomic_file(path) as tmp:  # a shard is either whole or absent
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v) for k, v in metadata.items()})
 
 
 def _text_tensors(cond: TextCond) -> dict:

@@ -1,6 +1,7 @@
 """turbo-cache: a dataset encoded once; data=cached trains from it with the same losses."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -54,6 +55,9 @@ def test_processes_split_the_shards_and_a_killed_cache_resumes(tmp_path):
     assert not (tmp_path / MANIFEST).exists()  # only the main process writes it
     build_cache(cfg, Process(0, 2))
     assert json.loads((tmp_path / MANIFEST).read_text())["items"] == 10
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~mask for p in tmp_path.glob("*.safetensors"))  # shareable
     kept = (tmp_path / shard_name(0)).stat().st_mtime_ns
     (tmp_path / MANIFEST).unlink()
     (tmp_path / shard_name(2)).unlink()  # a run killed before this shard and the manifest
