@@ -62,6 +62,12 @@ def first_frames(run: Run, n: int) -> tuple[list[str], torch.Tensor | None]:
     return items["prompt"], items["first_frame"] if "first_frame" in items else items["video"][:, 0]
 
 
+def write_samples(folder, prefix: str, prompts: list[str], videos, fps: float) -> list:
+    """One mp4 per prompt: ``folder/<prefix><index>_<prompt>.mp4``."""
+    return [write_video(folder / f"{prefix}{i:02d}_{safe_name(p, 60)}.mp4", video, fps=fps)
+            for i, (p, video) in enumerate(zip(prompts, videos))]
+
+
 @torch.no_grad()
 def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
     """The first stage (the many-step teacher) and the student's, when there is one, on the same
@@ -79,9 +85,7 @@ def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
                                  first_frame=frames)
         latents = sample()  # also the warm-up
         timings[who] = median_seconds(sample, warmup=0) / len(prompts)
-        videos = run.vae.decode(latents)
-        for i, (prompt, video) in enumerate(zip(prompts, videos)):
-            write_video(run.out.path / "samples" / f"{who}_{i:02d}_{safe_name(prompt, 60)}.mp4", video, fps=s.fps)
+        write_samples(run.out.path / "samples", f"{who}_", prompts, run.vae.decode(latents), s.fps)
     # the decode is the same work for every stage: timed once, on the last one's latents
     timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
     return timings
@@ -119,9 +123,7 @@ def validation_samples(run: Run) -> list:
     prompts, frames = first_frames(run, len(s.prompts))
     videos = student.video(prompts, v.num_frames, v.height, v.width, torch.Generator().manual_seed(s.seed),
                            first_frame=frames)
-    folder = run.out.path / "samples" / f"step_{run.step:06d}"
-    files = [write_video(folder / f"{i:02d}_{safe_name(p, 60)}.mp4", video, fps=s.fps)
-             for i, (p, video) in enumerate(zip(prompts, videos))]
+    files = write_samples(run.out.path / "samples" / f"step_{run.step:06d}", "", prompts, videos, s.fps)
     first = videos[:, 0].float().clamp(0, 1).cpu().numpy()  # N,3,H,W
     for tracker in run.accelerator.trackers:
         images = first if tracker.name == "tensorboard" else list(first.transpose(0, 2, 3, 1))
