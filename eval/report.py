@@ -1,4 +1,5 @@
-"""``turbo-report``: one table from a sweep of ``turbo-train`` runs.
+"""``turbo-report``: one table from a sweep of ``turbo-train`` runs (or of turbo-eval results:
+eval/harness/report.py).
 
     turbo-train -m objective=toy_cd,toy_dmd2,toy_w2s reward=toy,none
     turbo-report multirun/2026-11-23/22-40-00 --out docs/toy_results.md
@@ -178,7 +179,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="leave out the runs of these arms (as the table labels them, e.g. reward=toy)")
     parser.add_argument("--reach", type=float, help="with --seeds: steps until --metric reaches this fraction of "
                                                     "the run's many-step teacher Total (e.g. 0.9)")
+    parser.add_argument("--by", help="turbo-eval results: --plot draws --metric (default Total) against this setting")
+    parser.add_argument("--bars", help="turbo-eval results: the bar chart per dimension to this PNG (with --out: "
+                                       "<out stem>_bars.png beside it)")
     args = parser.parse_args(argv)
+    if not any(Path(r).is_dir() and any(Path(r).rglob("DONE")) for r in args.roots):
+        from eval.harness.report import find_results, report
+
+        if any(find_results(r) for r in args.roots if Path(r).is_dir()):  # turbo-eval folders, not turbo-train runs
+            metric = "Total" if args.metric == "val/total" else args.metric
+            try:
+                print(report(args.roots, args.out, args.plot, args.by, metric, args.bars))
+            except (ValueError, FileNotFoundError) as e:
+                raise SystemExit(str(e)) from None
+            return
     rows = [r for r in collect(*args.roots) if r["arm"] not in args.drop]
     if not rows:
         raise SystemExit(f"turbo-report: --drop {' '.join(args.drop)} leaves no run")

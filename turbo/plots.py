@@ -105,3 +105,40 @@ def plot_grid(rows: Sequence[tuple[str, Tensor]], path: str | Path) -> Path:
         axes[0, c].set_title(f"frame {c}", fontsize=7)
     fig.subplots_adjust(wspace=0.05, hspace=0.1)
     return _save(fig, Path(path))
+
+
+def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | Path, ylabel: str = "score") -> Path:
+    """Grouped bars: one group per dimension, one bar per label (``groups[label][dimension]``), e.g.
+    the teacher against its students on every VBench dimension. A dimension a label lacks is no bar."""
+    if not groups:
+        raise ValueError("plot_bars: expected at least one labelled set of scores")
+    dims = list(dict.fromkeys(d for scores in groups.values() for d in scores))
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(dims) * max(1, len(groups)) ** 0.5 + 2), 4))
+    for i, (label, scores) in enumerate(groups.items()):
+        xs = [j + (i - (len(groups) - 1) / 2) * width for j, d in enumerate(dims) if d in scores]
+        ax.bar(xs, [scores[d] for d in dims if d in scores], width=width, label=label)
+    ax.set_xticks(range(len(dims)))
+    ax.set_xticklabels([d.replace("_", " ") for d in dims], rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_against(series: Mapping[str, Sequence[tuple[str, float]]], path: str | Path, xlabel: str,
+                 ylabel: str) -> Path:
+    """A metric against one swept setting: one line per label of ``(setting value, metric)`` points,
+    in the order given (settings may be names: objective=cd, dmd2, ...)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ticks = list(dict.fromkeys(x for points in series.values() for x, _ in points))
+    for label, points in series.items():
+        ax.plot([ticks.index(x) for x, _ in points], [y for _, y in points], marker="o", label=label)
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1 or next(iter(series), ""):
+        ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))

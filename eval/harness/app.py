@@ -1,0 +1,331 @@
+"""turbo-eval: sample a suite from a teacher or a student, score it, aggregate it (conf/eval.yaml).
+
+    stage=sample      the suite's videos of this shard -> <out>/videos/, <out>/manifest/
+    stage=score       every video -> <out>/scores/ (VBench in its own environment; built-in metrics here)
+    stage=aggregate   the scores -> <out>/results.json and results.md, with the benchmark's own constants
+    stage=all         sample, then score and aggregate once no file of the suite is missing
+
+Each stage reads only what the one before wrote under ``<out>`` (the Hydra run dir), so a SLURM
+array can sample shards into one folder and a last job scores the union.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eval.harness import aggregate as agg
+from eval.harness.sample import missing_files, read_manifest, sample_suite
+from eval.harness.suites import (Item, Suite, SuiteError, evalcrafter_items, i2v_ratio, toybench_items,
+                                 vbench_i2v_items, vbench_items)
+from turbo.atomic import atomic_write_text
+from turbo.config import ConfigError, report_errors
+
+STAGES = ("all", "sample", "score", "aggregate")
+SUITES = ("toybench", "vbench", "vbench_i2v", "evalcrafter")
+
+
+# --- the suite ------------------------------------------------------------------------------------
+def vbench_env_dir(cfg: DictConfig) -> Path:
+    from eval.harness.vbench_env import default_env
+
+    return Path(str(cfg.vbench.env)) if cfg.vbench.env is not None else default_env()
+
+
+def build_suite(cfg: DictConfig) -> Suite:
+    s, seed = cfg.suite, int(cfg.seed)
+    name = s.get("name")
+    if name not in SUITES:
+        raise ConfigError(f"suite.name={name!r}: choose one of {', '.join(SUITES)} (suite=<name>)")
+    dims = None if s.get("dimensions") is None else [str(d) for d in s.dimensions]
+    if name == "toybench":
+        items = toybench_items(int(s.num_prompts), int(s.videos_per_prompt), seed=seed,
+                               split_seed=int(s.split_seed), heldout_fraction=float(s.heldout_fraction))
+        return Suite(name, items)
+    if name == "vbench":
+        if s.full_info is not None:
+            full_info = Path(str(s.full_info))
+        else:
+            from eval.harness.vbench_env import full_info_path
+
+            full_info = full_info_path(vbench_env_dir(cfg))
+        flicker = int(s.flicker_per_prompt) if s.static_filter else int(s.videos_per_prompt)
+        items = vbench_items(full_info, dims, seed=seed, videos_per_prompt=int(s.videos_per_prompt),
+                             flicker_per_prompt=flicker, augmented_prompts=s.augmented_prompts, limit=s.limit)
+        return Suite(name, items, {"full_info": str(full_info), "dimensions": dims})
+    if name == "vbench_i2v":
+        ratio = i2v_ratio(int(cfg.video.width), int(cfg.video.height)) if s.ratio == "auto" else str(s.ratio)
+        items = vbench_i2v_items(str(s.data_dir), s.info_json, dims, ratio=ratio, seed=seed,
+                                 videos_per_prompt=int(s.videos_per_prompt), limit=s.limit)
+        return Suite(name, items, {"ratio": ratio, "dimensions": dims, "data_dir": str(s.data_dir)})
+    return Suite(name, evalcrafter_items(str(s.prompts), seed=seed, limit=s.limit))
+
+
+# --- sample ---------------------------------------------------------------------------------------
+def make_generate(cfg: DictConfig, suite: Suite):
+    """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler."""
+    from turbo.generate import resolve_device
+    from turbo.i2v import load_image
+    from turbo.pipeline import load_stage, sampler_from_config
+
+    sampler = sampler_from_config(cfg.sampler, cfg.lora)
+    stage = load_stage(cfg.model, sampler, resolve_device(str(cfg.device)), lora=cfg.lora)
+    v = cfg.video
+    f, h, w = int(v.num_frames), int(v.height), int(v.width)
+    stage.vae.check_video_size(f, h, w, key="video")
+    is_i2v = stage.i2v is not None
+    if suite.name == "vbench_i2v" and not is_i2v:
+        raise ConfigError(f"suite=vbench_i2v needs an image-to-video model (one with model.i2v), found "
+                          f"model={cfg.model.get('name', '?')}")
+    if suite.name in ("vbench", "evalcrafter") and is_i2v:
+        raise ConfigError(f"suite={suite.name} is a text-to-video suite; model={cfg.model.get('name', '?')} is an "
+                          f"image-to-video model (use suite=vbench_i2v, or suite=toybench with its true first frames)")
+    bench = None
+    if suite.name == "toybench" and is_i2v:
+        from eval.toybench import ToyBench
+
+        bench = ToyBench(num_prompts=int(cfg.suite.num_prompts), seed=int(cfg.suite.split_seed),
+                         heldout_fraction=float(cfg.suite.heldout_fraction), num_frames=f, height=h, width=w)
+
+    def generate(item: Item) -> torch.Tensor:
+        first = None
+        if item.image is not None:
+            first = load_image(item.image, h, w, key=f"the image of {item.file}")[None]
+        elif bench is not None:
+            first = bench.first_frames([item.prompt], seed=item.seed)
+        gen = torch.Generator().manual_seed(item.seed)
+        return stage.video([item.model_prompt], f, h, w, gen, cfg.negative_prompt, first)[0].cpu()
+
+    return generate, {"model": cfg.model.get("name"), "lora": None if cfg.lora is None else str(cfg.lora),
+                      "sampler": sampler.to_dict()}
+
+
+def sample(cfg: DictConfig, suite: Suite, out: Path):
+    from turbo.video import write_video
+
+    generate, extra = make_generate(cfg, suite)
+    report = sample_suite(generate, suite.items, out, shard=int(cfg.shard), num_shards=int(cfg.num_shards),
+                          write=lambda path, video: write_video(path, video, fps=float(cfg.fps)), extra=extra)
+    print(f"turbo-eval: shard {report.shard}/{report.num_shards}: {report.written} videos written, "
+          f"{report.skipped} already there ({report.seconds:.1f} s)")
+    return report
+
+
+# --- score ----------------------------------------------------------------------------------------
+def _videos_by_prompt(suite: Suite, out: Path) -> dict[str, list[torch.Tensor]]:
+    from turbo.video import read_video
+
+    videos: dict[str, list[torch.Tensor]] = {}
+    for item in suite.items:
+        videos.setdefault(item.prompt, []).append(read_video(out / "videos" / item.file)[0])
+    return videos
+
+
+def score(cfg: DictConfig, suite: Suite, out: Path) -> dict:
+    """Score every file of the suite; write and return ``<out>/scores/<suite>.json`` ({"dimensions": ...})."""
+    missing = missing_files(suite.items, out)
+    if missing:
+        raise FileNotFoundError(f"{out / 'videos'}: {len(missing)} of the suite's {len(suite.items)} files are missing "
+                                f"(e.g. {missing[0]!r}); sample them first (stage=sample, every shard)")
+    scores_dir = out / "scores"
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    if suite.name == "toybench":
+        from eval.toybench import ToyBench
+
+        v = cfg.video
+        bench = ToyBench(num_prompts=int(cfg.suite.num_prompts), seed=int(cfg.suite.split_seed),
+                         heldout_fraction=float(cfg.suite.heldout_fraction), num_frames=int(v.num_frames),
+                         height=int(v.height), width=int(v.width))
+        r = bench.evaluate(_videos_by_prompt(suite, out))
+        result = {"dimensions": r.raw, "normalized": r.scores, "per_prompt": r.per_prompt,
+                  "toybench": {"Quality": r.quality, "Semantic": r.semantic, "Total": r.total,
+                               "frechet_distance": r.frechet_distance}}
+    elif suite.name in ("vbench", "vbench_i2v"):
+        from eval.harness.vbench_env import score as vbench_score
+
+        dims = suite.options["dimensions"] or list(agg.VBENCH_DIMENSIONS if suite.name == "vbench"
+                                                   else agg.VBENCH_I2V_DIMENSIONS)
+        kwargs = {"full_info": Path(suite.options["full_info"])} if suite.name == "vbench" else {
+            "i2v": True, "resolution": suite.options["ratio"], "full_info": None if cfg.suite.info_json is None
+            else Path(str(cfg.suite.info_json)), "image_folder": Path(suite.options["data_dir"]) / "crop" / suite.options["ratio"]}
+        results = vbench_score(out / "videos", scores_dir / "vbench", dims, env=vbench_env_dir(cfg),
+                               name=suite.name, mode="vbench_standard", device=str(cfg.vbench.device),
+                               cache_dir=None if cfg.vbench.cache_dir is None else Path(str(cfg.vbench.cache_dir)),
+                               **kwargs)
+        result = {"dimensions": agg.read_vbench_results(results), "source": str(results)}
+    else:
+        result = {"dimensions": {}}
+        if cfg.suite.checkout is not None:
+            result = {"dimensions": run_evalcrafter(cfg, out), "source": str(cfg.suite.checkout)}
+    builtin = builtin_metrics(cfg, suite, out)
+    if builtin:
+        result["builtin"] = builtin
+    atomic_write_text(scores_dir / f"{suite.name}.json", json.dumps(result, indent=1))
+    return result
+
+
+def run_evalcrafter(cfg: DictConfig, out: Path) -> dict[str, float]:
+    """EvalCrafter's metrics from a local checkout (its start.sh, in its own environment), parsed as
+    its eval_from_metrics.py parses them."""
+    import os
+    import subprocess
+
+    checkout = Path(str(cfg.suite.checkout))
+    script = checkout / "start.sh"
+    if not script.is_file():
+        raise FileNotFoundError(f"suite.checkout={checkout}: no start.sh (an EvalCrafter checkout has one)")
+    env = dict(os.environ)
+    if cfg.suite.python is not None:
+        env["PATH"] = f"{Path(str(cfg.suite.python)).parent}{os.pathsep}{env['PATH']}"
+    log = out / "scores" / "evalcrafter.log"
+    with open(log, "w") as f:
+        rc = subprocess.run(["bash", str(script), str(checkout), str((out / "videos").resolve())], cwd=checkout,
+                            stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        raise RuntimeError(f"EvalCrafter's start.sh exited {rc}; its output is in {log}")
+    return agg.parse_evalcrafter_logs(checkout / "results")
+
+
+def builtin_metrics(cfg: DictConfig, suite: Suite, out: Path) -> dict:
+    """The ``metrics`` list: per-video scores -> <out>/scores/builtin.jsonl, their means returned."""
+    names = [str(m) for m in cfg.metrics]
+    if not names:
+        return {}
+    from eval.harness import metrics as m
+
+    known = {"temporal_flickering", "clip_score"}  # ToyBench is a suite (suite=toybench), scored per prompt
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"metrics: {unknown} are not built-in metrics; choose from {sorted(known)}")
+    scorers = {}
+    for name in names:
+        if name == "clip_score":
+            if cfg.clip.pretrained is None:
+                raise ConfigError("metrics=[clip_score] needs clip.pretrained=<a local open_clip checkpoint>")
+            scorers[name] = m.ClipScore(str(cfg.clip.model_name), str(cfg.clip.pretrained),
+                                        convention=str(cfg.clip.convention))
+        elif name == "temporal_flickering":
+            scorers[name] = None
+    from turbo.video import read_video
+
+    rows, videos, prompts = [], [], []
+    for item in suite.items:
+        videos.append(read_video(out / "videos" / item.file)[0])
+        prompts.append(item.prompt)
+    per = {}
+    for name in names:
+        if name == "temporal_flickering":
+            per[name] = [m.temporal_flickering(v) for v in videos]
+        else:
+            per[name] = list(scorers[name].score(videos, prompts))
+    for i, item in enumerate(suite.items):
+        rows.append({"file": item.file, "prompt": item.prompt, **{n: float(per[n][i]) for n in names}})
+    atomic_write_text(out / "scores" / "builtin.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return {n: float(sum(per[n]) / len(per[n])) for n in names}
+
+
+# --- aggregate ------------------------------------------------------------------------------------
+def aggregate(cfg: DictConfig, suite: Suite, out: Path) -> dict:
+    path = out / "scores" / f"{suite.name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no scores to aggregate; run stage=score first")
+    scores = json.loads(path.read_text())
+    dims, partial = scores["dimensions"], bool(cfg.allow_partial)
+    if suite.name == "toybench":
+        total = scores["toybench"]
+    elif suite.name == "vbench":
+        total = agg.vbench_total(dims, allow_partial=partial)
+    elif suite.name == "vbench_i2v":
+        total = agg.vbench_i2v_total(dims, allow_partial=partial)
+    else:
+        total = agg.evalcrafter_total(dims, allow_partial=partial) if dims else {}
+    manifest = read_manifest(out)
+    result = {"suite": suite.name, "num_videos": len(suite.items), "dimensions": dims, "aggregate": total,
+              "builtin": scores.get("builtin", {}), "partial": bool(total.get("partial", False)),
+              "model": next(iter(manifest.values()), {}).get("model"), "lora": cfg.lora,
+              "sampler": next(iter(manifest.values()), {}).get("sampler")}
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1))
+    atomic_write_text(out / "results.md", results_markdown(result))
+    return result
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def results_markdown(result: dict) -> str:
+    lines = [f"# {result['suite']}: {result.get('model')}" + (f" + {result['lora']}" if result.get("lora") else ""),
+             "", f"{result['num_videos']} videos" + (" — **partial**: some dimensions are missing" if result["partial"] else ""),
+             "", "| dimension | score |", "|---|---|"]
+    lines += [f"| {d} | {_fmt(v)} |" for d, v in result["dimensions"].items()]
+    lines += [f"| {k} (built-in) | {_fmt(v)} |" for k, v in result["builtin"].items()]
+    lines += [f"| **{k}** | **{_fmt(v)}** |" for k, v in result["aggregate"].items()
+              if isinstance(v, (int, float)) or v is None]
+    return "\n".join(lines) + "\n"
+
+
+def check_partial(cfg: DictConfig, suite: Suite) -> None:
+    """A dimension subset cannot make a Total; say so before sampling, not after scoring."""
+    dims = suite.options.get("dimensions")
+    full = {"vbench": agg.VBENCH_DIMENSIONS, "vbench_i2v": agg.VBENCH_I2V_DIMENSIONS}.get(suite.name)
+    if full is not None and dims is not None and set(full) - set(dims) and not cfg.allow_partial:
+        raise ConfigError(f"suite.dimensions lists {len(dims)} of {suite.name}'s {len(full)} dimensions: its totals "
+                          f"would be partial; set allow_partial=true to score a subset (the result says partial)")
+
+
+# --- the app --------------------------------------------------------------------------------------
+def run(cfg: DictConfig, out: Path) -> dict | None:
+    stage = cfg.stage
+    if stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
+    if cfg.setup is not None:
+        if cfg.setup != "vbench":
+            raise ConfigError(f"setup={cfg.setup!r}: the one environment turbo-eval sets up is vbench")
+        from eval.harness.vbench_env import setup
+
+        print(f"turbo-eval: vbench environment ready: {setup(vbench_env_dir(cfg))}")
+        return None
+    try:
+        suite = build_suite(cfg)
+    except SuiteError as e:
+        raise ConfigError(str(e)) from None
+    check_partial(cfg, suite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "suite.json").write_text(json.dumps({"name": suite.name, "options": suite.options,
+                                                "config": OmegaConf.to_container(cfg.suite, resolve=True)}, indent=1))
+    if stage in ("all", "sample"):
+        sample(cfg, suite, out)
+        missing = missing_files(suite.items, out)
+        if stage == "sample" or missing:
+            if missing:
+                print(f"turbo-eval: {len(missing)} files of other shards are still missing; run stage=score when "
+                      f"every shard has finished")
+            return None
+    if stage in ("all", "score"):
+        score(cfg, suite, out)
+    result = aggregate(cfg, suite, out)
+    print(result_line(result))
+    return result
+
+
+def result_line(result: dict) -> str:
+    parts = [f"{k} {v:.4f}" for k, v in result["aggregate"].items() if isinstance(v, float)]
+    return f"turbo-eval: {result['suite']}: " + (", ".join(parts) or "scored") + (" (partial)" if result["partial"] else "")
+
+
+@hydra.main(config_path="pkg://conf", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from eval.harness.vbench_env import VBenchEnvError
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    report_errors("turbo-eval", lambda: run(cfg, out), (VBenchEnvError, agg.MissingDimension))
+
+
+if __name__ == "__main__":
+    main()
