@@ -92,6 +92,9 @@ def against(rows: list[dict], by: str, metric: str, path: str | Path) -> Path:
     one line per combination of the other settings."""
     from turbo.plots import plot_against
 
+    if not any(by in r["settings"] for r in rows):
+        raise ValueError(f"turbo-report --by {by}: no evaluation sets {by}= (the swept settings are "
+                         f"{sorted({k for r in rows for k in r['settings']})})")
     series: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
         values = {**_numbers(r["dimensions"]), **_numbers(r.get("builtin", {})), **_numbers(r["aggregate"])}
@@ -100,9 +103,6 @@ def against(rows: list[dict], by: str, metric: str, path: str | Path) -> Path:
         x = r["settings"].get(by, "(unset)")
         rest = " ".join(f"{k}={v}" for k, v in sorted(r["settings"].items()) if k != by)
         series.setdefault(rest, []).append((x, values[metric]))
-    if all(x == "(unset)" for points in series.values() for x, _ in points):
-        raise ValueError(f"turbo-report --by {by}: no evaluation sets {by}= (the swept settings are "
-                         f"{sorted({k for r in rows for k in r['settings']})})")
     return plot_against(series, path, xlabel=by, ylabel=metric)
 
 
