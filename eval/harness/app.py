@@ -145,18 +145,7 @@ def score(cfg: DictConfig, suite: Suite, out: Path) -> dict:
                   "toybench": {"Quality": r.quality, "Semantic": r.semantic, "Total": r.total,
                                "frechet_distance": r.frechet_distance}}
     elif suite.name in ("vbench", "vbench_i2v"):
-        from eval.harness.vbench_env import score as vbench_score
-
-        dims = suite.options["dimensions"] or list(agg.VBENCH_DIMENSIONS if suite.name == "vbench"
-                                                   else agg.VBENCH_I2V_DIMENSIONS)
-        kwargs = {"full_info": Path(suite.options["full_info"])} if suite.name == "vbench" else {
-            "i2v": True, "resolution": suite.options["ratio"], "full_info": None if cfg.suite.info_json is None
-            else Path(str(cfg.suite.info_json)), "image_folder": Path(suite.options["data_dir"]) / "crop" / suite.options["ratio"]}
-        results = vbench_score(out / "videos", scores_dir / "vbench", dims, env=vbench_env_dir(cfg),
-                               name=suite.name, mode="vbench_standard", device=str(cfg.vbench.device),
-                               cache_dir=None if cfg.vbench.cache_dir is None else Path(str(cfg.vbench.cache_dir)),
-                               **kwargs)
-        result = {"dimensions": agg.read_vbench_results(results), "source": str(results)}
+        result = score_vbench(cfg, suite, out)
     else:
         result = {"dimensions": {}}
         if cfg.suite.checkout is not None:
@@ -166,6 +155,42 @@ def score(cfg: DictConfig, suite: Suite, out: Path) -> dict:
         result["builtin"] = builtin
     atomic_write_text(scores_dir / f"{suite.name}.json", json.dumps(result, indent=1))
     return result
+
+
+def score_vbench(cfg: DictConfig, suite: Suite, out: Path) -> dict:
+    """VBench's own code in the vbench environment; every results file lands in <out>/scores/vbench/.
+    With suite.static_filter, temporal_flickering is scored on the first 5 static videos of each of
+    its prompts' 25 (VBench's static filter) and the other dimensions on the videos as sampled."""
+    from eval.harness.vbench_env import score as vbench_score
+    from eval.harness.vbench_env import static_filter
+
+    vbench_dir = out / "scores" / "vbench"
+    dims = suite.options["dimensions"] or list(agg.VBENCH_DIMENSIONS if suite.name == "vbench"
+                                               else agg.VBENCH_I2V_DIMENSIONS)
+    common = {"env": vbench_env_dir(cfg), "mode": "vbench_standard", "device": str(cfg.vbench.device),
+              "cache_dir": None if cfg.vbench.cache_dir is None else Path(str(cfg.vbench.cache_dir))}
+    if suite.name == "vbench_i2v":
+        ratio = suite.options["ratio"]
+        info = Path(str(cfg.suite.info_json)) if cfg.suite.info_json is not None else \
+            Path(suite.options["data_dir"]) / "vbench2_i2v_full_info.json"
+        vbench_score(out / "videos", vbench_dir, dims, name=suite.name, i2v=True, resolution=ratio, full_info=info,
+                     image_folder=Path(suite.options["data_dir"]) / "crop" / ratio, **common)
+        return {"dimensions": agg.read_vbench_results(vbench_dir), "source": str(vbench_dir)}
+    full_info = Path(suite.options["full_info"])
+    notes = {}
+    if cfg.suite.static_filter and "temporal_flickering" in dims:
+        files = [i.file for i in suite.items if "temporal_flickering" in i.dimensions]
+        filtered, kept = static_filter(out / "videos", out / "scores" / "static_filter", files,
+                                       env=common["env"], device=common["device"], cache_dir=common["cache_dir"])
+        short = {p: n for p, n in kept.items() if n < 5}
+        few = sorted({i.prompt for i in suite.items if "temporal_flickering" in i.dimensions} - set(kept))
+        notes["static_filter"] = {"kept": kept, "fewer_than_5": {**short, **{p: 0 for p in few}}}
+        vbench_score(filtered, vbench_dir, ["temporal_flickering"], name=f"{suite.name}_temporal_flickering",
+                     full_info=full_info, **common)
+        dims = [d for d in dims if d != "temporal_flickering"]
+    if dims:
+        vbench_score(out / "videos", vbench_dir, dims, name=suite.name, full_info=full_info, **common)
+    return {"dimensions": agg.read_vbench_results(vbench_dir), "source": str(vbench_dir), **notes}
 
 
 def run_evalcrafter(cfg: DictConfig, out: Path) -> dict[str, float]:
@@ -243,6 +268,9 @@ def aggregate(cfg: DictConfig, suite: Suite, out: Path) -> dict:
         total = agg.vbench_i2v_total(dims, allow_partial=partial)
     else:
         total = agg.evalcrafter_total(dims, allow_partial=partial) if dims else {}
+    if suite.name == "vbench" and (out / "scores" / "vbench").is_dir():
+        # the upload VBench's leaderboard takes: its results files, as cal_final_score.py reads them
+        agg.write_leaderboard_zip(out / "scores" / "vbench", out / "leaderboard.zip", name=suite.name)
     manifest = read_manifest(out)
     result = {"suite": suite.name, "num_videos": len(suite.items), "dimensions": dims, "aggregate": total,
               "builtin": scores.get("builtin", {}), "partial": bool(total.get("partial", False)),

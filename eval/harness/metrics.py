@@ -14,6 +14,7 @@ set metric, ``score_set(videos, reference_videos) -> float``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -150,7 +151,12 @@ class ClipScore:
             raise ValueError(f"{who}: unknown open_clip architecture {model_name!r} (open_clip.list_models())")
         if batch_size < 1:
             raise ValueError(f"{who}: batch_size must be >= 1, found {batch_size}")
-        model = open_clip.create_model(model_name, pretrained=None)
+        previous = logging.root.manager.disable  # open_clip warns "initialized randomly": the weights come next
+        logging.disable(logging.WARNING)
+        try:  # pretrained_text=False: an HF text tower must not fetch its own weights
+            model = open_clip.create_model(model_name, pretrained=None, pretrained_text=False)
+        finally:
+            logging.disable(previous)
         load_checkpoint_into(model, pretrained, key=key, who=who,
                              ignore=("input_resolution", "context_length", "vocab_size"))  # TorchScript extras
         self.model = model.to(device).eval().requires_grad_(False)
@@ -279,7 +285,7 @@ def fvd(real_feats: np.ndarray, fake_feats: np.ndarray) -> float:
     real, fake = np.asarray(real_feats, np.float64), np.asarray(fake_feats, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1] or min(len(real), len(fake)) < 2:
         raise ValueError(f"fvd: expected two N,D feature sets with N >= 2 and one D, found {real.shape} and {fake.shape}")
-    return frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False, bias=True), fake.mean(0), np.cov(fake, rowvar=False))
 
 
 def i3d_clips(videos: Sequence[Tensor], num_frames: int = 16, size: int = 224) -> Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
@@ -60,8 +61,16 @@ CHECKPOINTS: dict[str, list[str]] = {
     "temporal_style": ["ViCLIP/ViClip-InternVid-10M-FLT.pth"],
     "overall_consistency": ["ViCLIP/ViClip-InternVid-10M-FLT.pth"],
     "human_action": ["umt_model/l16_ptk710_ftk710_ftk400_f16_res224.pth"],
-    # VBench-I2V
+    # VBench-I2V (camera_motion and i2v_background: see NOT_STAGEABLE)
     "i2v_subject": _DINO,
+}
+# Besides these files the GRiT dimensions (object_class, multiple_objects, color, spatial_relationship)
+# need detectron2 installed in the env by hand, and GRiT / Tag2Text fetch bert-base-uncased from the HF hub.
+
+# dimensions whose models VBench 0.1.5 does not read from VBENCH_CACHE_DIR at all: they cannot run offline
+NOT_STAGEABLE: dict[str, str] = {
+    "camera_motion": "loads CoTracker2 with torch.hub.load('facebookresearch/co-tracker') from GitHub",
+    "i2v_background": "needs the dreamsim package (not a vbench requirement), which downloads its weights",
 }
 
 
@@ -140,16 +149,34 @@ def check(env: Path, *, marker: bool = True) -> Path:
     if marker and not _marker_matches(env):
         raise VBenchEnvError(f"vbench environment at {env} was not built with the current pins "
                              f"({env / MARKER} missing or different); {hint}")
+    key = (str(env), _stamp(env / MARKER))
+    if key in _IMPORTS_OK:  # import vbench takes ~10 s: probe an env once per process (per marker)
+        return python
     proc = subprocess.run([str(python), "-c", "import vbench"], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise VBenchEnvError(f"broken vbench environment at {env}: import vbench failed: "
                              f"{_last_line(proc.stderr)}; remove it and {hint}")
+    if marker:
+        _IMPORTS_OK.add(key)
     return python
+
+
+_IMPORTS_OK: set[tuple[str, int | None]] = set()
+
+
+def _stamp(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def full_info_path(env: Path) -> Path:
     """The ``vbench/VBench_full_info.json`` shipped in the env's installed vbench package."""
+    found = sorted(Path(env).glob("lib/python3*/site-packages/vbench/VBench_full_info.json"))
+    if len(found) == 1:
+        return found[0].absolute()
     code = "import os, vbench; print(os.path.join(os.path.dirname(vbench.__file__), 'VBench_full_info.json'))"
     proc = subprocess.run([str(check(env)), "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     path = Path(proc.stdout.strip())
@@ -164,6 +191,9 @@ def missing_checkpoints(dimensions: Iterable[str], cache_dir: Path) -> list[str]
     cache_dir = Path(cache_dir).expanduser()
     missing = []
     for dim in dimensions:
+        if dim in NOT_STAGEABLE:
+            missing.append(f"dimension {dim} cannot be staged in {cache_dir}: it {NOT_STAGEABLE[dim]} "
+                           "(nothing is downloaded)")
         for rel in CHECKPOINTS.get(dim, []):
             path = cache_dir / rel
             if not (path.is_dir() if rel.endswith("/") else path.is_file()):
@@ -187,7 +217,9 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
     ``mode`` is VBench's: ``vbench_standard`` (files ``{prompt}-{i}.mp4`` of the suite in
     ``full_info``, default: the env's ``VBench_full_info.json``) or ``custom_input`` (every video,
     prompt from the file name). Weights are read from ``cache_dir`` (default ``$VBENCH_CACHE_DIR``
-    or ``~/.cache/vbench``); missing ones are an error before anything runs. Returns
+    or ``~/.cache/vbench``); missing ones are an error before anything runs. ``i2v``: VBenchI2V with
+    the crop ``resolution`` (e.g. "16-9"), ``image_folder`` holding the cropped input images and the
+    I2V suite as ``full_info`` (vbench_standard only). ``timeout`` (s) bounds the worker. Returns
     ``out/{name}_eval_results.json``; the worker's output is kept in ``out/vbench_worker.log``.
     """
     env = Path(env) if env is not None else default_env()
@@ -196,9 +228,10 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
     missing = missing_checkpoints(dimensions, cache)
     if missing:
         raise VBenchEnvError(f"{len(missing)} checkpoint(s) missing: " + "; ".join(missing))
-    if i2v and full_info is None:
-        raise VBenchEnvError("i2v scoring needs full_info: vbench2_i2v_full_info.json is not shipped in the "
-                             "vbench wheel (it is in VBench's git repository)")
+    if i2v and (full_info is None or image_folder is None or mode != "vbench_standard"):
+        raise VBenchEnvError("i2v scoring needs mode='vbench_standard' (the only mode VBenchI2V 0.1.5 has), "
+                             "full_info (vbench2_i2v_full_info.json, in VBench's git repository, not the wheel) "
+                             "and image_folder (the cropped images for the resolution, e.g. data/crop/16-9)")
     out = Path(out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
     args = {"videos_path": str(Path(videos).expanduser().absolute()), "output_dir": str(out), "name": name,
@@ -208,6 +241,13 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
             "image_folder": str(Path(image_folder).absolute()) if image_folder else None}
     results = out / f"{name}_eval_results.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's result
+    _run_worker(python, args, out, cache, results, timeout)
+    return results
+
+
+def _run_worker(python: Path, args: dict, out: Path, cache: Path, expected: Path, timeout: float | None) -> None:
+    """Run the worker with ``args`` in ``out``; any failure, or no ``expected`` file after it, is one
+    VBenchEnvError naming ``expected`` with the worker's own error line (full log: out/vbench_worker.log)."""
     log = out / WORKER_LOG
     child_env = {**os.environ, "VBENCH_CACHE_DIR": str(cache)}
     cmd = [str(python), str(WORKER), "--json-args", json.dumps(args)]
@@ -219,11 +259,45 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
         def text(data): return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
         stdout, stderr, rc = text(error.stdout), text(error.stderr) + f"\ntimed out after {timeout} s", None
     log.write_text(f"$ {' '.join(cmd)}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n")
-    if rc != 0 or not results.is_file():
-        tail = " | ".join(line for line in stderr.strip().splitlines()[-3:] if line.strip()) or "(no stderr)"
+    if rc != 0 or not expected.exists():
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if line.startswith("vbench_worker: error:")]
+        tail = errors[-1] if errors else " | ".join(lines[-3:]) or "(no stderr)"  # the worker's own message
         why = "timed out" if rc is None else f"exited {rc}" if rc else "exited 0 but wrote no results"
-        raise VBenchEnvError(f"vbench worker {why}; expected {results}: {tail} (full log: {log})")
-    return results
+        raise VBenchEnvError(f"vbench worker {why}; expected {expected}: {tail} (full log: {log})")
+
+
+RAFT = "raft_model/models/raft-things.pth"  # the static filter's optical flow (as dynamic_degree's)
+
+
+def static_filter(videos: Path, out: Path, files: list[str], *, env: Path | None = None, device: str = "cpu",
+                  cache_dir: Path | None = None, keep: int = 5, timeout: float | None = None) -> tuple[Path, dict[str, int]]:
+    """VBench's static filter for temporal_flickering: of each prompt's sampled ``files`` (25 per
+    prompt, ``{prompt}-{i}.mp4``), the first ``keep`` that RAFT finds static (in VBench's order:
+    sorted file names), as ``{prompt}-{0..keep-1}.mp4`` in the returned folder. Also returns how many
+    each prompt kept (fewer than ``keep``: sample more per prompt)."""
+    env = Path(env) if env is not None else default_env()
+    python = check(env)
+    cache = _cache_dir(cache_dir)
+    if not (cache / RAFT).is_file():
+        raise VBenchEnvError(f"the static filter needs {cache / RAFT} (not found; stage it beforehand: nothing is "
+                             f"downloaded), or set suite.static_filter=false")
+    out = Path(out).expanduser().absolute()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    args = {"action": "static_filter", "videos_path": str(Path(videos).absolute()), "result_path": str(out),
+            "model": str(cache / RAFT), "device": device, "files": list(files)}
+    folder = out / "filtered_videos"
+    _run_worker(python, args, out, cache, folder, timeout)
+    kept: dict[str, int] = {}
+    for path in sorted(folder.glob("*.mp4")):  # VBench copies every static one: keep the first `keep`
+        prompt, index = path.stem.rsplit("-", 1)
+        if int(index) >= keep:
+            path.unlink()
+        else:
+            kept[prompt] = kept.get(prompt, 0) + 1
+    return folder, kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -250,8 +250,8 @@ def test_leaderboard_zip_round_trip(tmp_path):
         zf.writestr("a_full_info.json", json.dumps([{"prompt_en": "x"}]))
         zf.writestr("b/b_eval_results.json", json.dumps({"scene": [0.3, []]}))
         zf.writestr("b/c/deep_eval_results.json", json.dumps({"color": [0.9, []]}))
-        zf.writestr("__MACOSX/m_eval_results.json", json.dumps({"color": [0.8, []]}))
-        zf.writestr(".hidden_eval_results.json", json.dumps({"color": [0.7, []]}))
+        zf.writestr("__MACOSX/m_eval_results.json", json.dumps({"human_action": [0.8, []]}))
+        zf.writestr(".hidden_eval_results.json", json.dumps({"object_class": [0.7, []]}))
     assert read_leaderboard_zip(odd) == {"scene": 0.3, "color": 0.2} == cal_final_score_reading(odd, tmp_path / "o")
     with pytest.raises(MissingDimension, match="odd.zip"):
         vbench_total(read_leaderboard_zip(odd))

@@ -164,3 +164,42 @@ def test_harness_scores_equal_vbenchs_own_api(tmp_path, vbench_python):
     assert average == pytest.approx(sum(by_name.values()) / 3)
     assert by_name["a flickering light.mp4"] < 0.1 < 0.9 < by_name["a still frame.mp4"]
     assert by_name["a flickering light.mp4"] < by_name["a moving square.mp4"] <= by_name["a still frame.mp4"]
+
+
+@pytest.mark.vbench
+@pytest.mark.timeout(2400)
+def test_turbo_eval_runs_temporal_flickering_end_to_end_on_toy_videos(tmp_path, vbench_python):
+    """turbo-eval suite=vbench: the toy teacher samples a VBench-format suite, VBench's own code in its
+    environment scores temporal_flickering, and the harness's results file equals what VBench's API
+    writes for the same videos when called directly."""
+    from hydra import compose, initialize_config_module
+
+    from eval.harness.aggregate import read_leaderboard_zip
+    from eval.harness.app import run
+
+    prompts = ["a red circle moving right", "a blue square standing still", "a green triangle moving up"]
+    full_info = tmp_path / "full_info.json"
+    full_info.write_text(json.dumps([{"prompt_en": p, "dimension": ["temporal_flickering"]} for p in prompts]))
+    env = vbench_python.parent.parent
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("eval", overrides=["suite=vbench", f"suite.full_info={full_info}", "suite.videos_per_prompt=2",
+                                         "suite.dimensions=[temporal_flickering]", "allow_partial=true", "device=cpu",
+                                         "sampler.teacher.steps=4", f"vbench.env={env}"])
+    out = tmp_path / "eval"
+    result = run(cfg, out)
+    ours = json.loads((out / "scores" / "vbench" / "vbench_eval_results.json").read_text())
+    assert sorted(os.path.basename(v["video_path"]) for v in ours["temporal_flickering"][1]) == \
+        sorted(f"{p}-{i}.mp4" for p in prompts for i in range(2))
+    direct = textwrap.dedent(f"""
+        import torch
+        from vbench import VBench
+        VBench(torch.device("cpu"), {str(full_info)!r}, {str(tmp_path / "ref")!r}).evaluate(
+            {str(out / "videos")!r}, "vbench", dimension_list=["temporal_flickering"], mode="vbench_standard")
+        """)
+    (tmp_path / "ref").mkdir()
+    subprocess.run([str(vbench_python), "-c", direct], cwd=tmp_path / "ref", check=True, capture_output=True)
+    assert ours == json.loads((tmp_path / "ref" / "vbench_eval_results.json").read_text())
+    assert result["dimensions"] == {"temporal_flickering": ours["temporal_flickering"][0]}
+    assert result["partial"] and result["aggregate"]["Semantic"] is None and result["aggregate"]["Total"] is None
+    assert 0 < result["aggregate"]["Quality"] <= 1
+    assert read_leaderboard_zip(out / "leaderboard.zip") == result["dimensions"]
