@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
@@ -69,18 +70,8 @@ EVALCRAFTER_METRICS = (
     "count_score", "ocr_score", "celebrity_id_score")
 
 
-def _raw(v: float) -> float:
-    return v
-
-
-def _per_cent(v: float) -> float:  # VQA_A, VQA_T (0-100), IS and flow_score enter divided by 100
-    return v / 100
-
-
-def _one_minus(v: float) -> float:  # errors where lower is better: warping_error, ocr_score, celebrity_id_score
-    return 1 - v
-
-
+# how a metric enters: as is; /100 (VQA_A, VQA_T on 0-100, IS, flow_score); 1 - x (errors: lower is better)
+_raw, _per_cent, _one_minus = (lambda v: v), (lambda v: v / 100), (lambda v: 1 - v)
 EVALCRAFTER_WEIGHT_SCALE = 5  # every weight vector is multiplied by 5
 # aspect: ((metric, weight before x5, transform), ...), intercept (as added; x5 except Text-Video Alignment)
 EVALCRAFTER_ASPECTS: dict[str, tuple[tuple[tuple[str, float, Callable[[float], float]], ...], float]] = {
@@ -120,7 +111,7 @@ class Scores(dict):
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check(bench: str, scores: Mapping[str, float], names: tuple[str, ...], allow_partial: bool,

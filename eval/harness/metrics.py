@@ -49,7 +49,6 @@ def video_list(videos: Videos, who: str, prompts: Sequence[str] | None = None) -
         if videos.ndim != 5:
             raise ValueError(f"{who}: expected a list of F,3,H,W videos or one B,F,3,H,W tensor, "
                              f"found a tensor of shape {tuple(videos.shape)}")
-        videos = list(videos)
     videos = list(videos)
     if not videos:
         raise ValueError(f"{who}: expected at least one video, found none")
@@ -91,9 +90,7 @@ def temporal_flickering(video: Tensor) -> float:
     last float32 digit. A still video scores 1.0; a full black/white alternation 0.0. (VBench's
     protocol also keeps only videos its RAFT static filter passes: not done here.)
     """
-    if not isinstance(video, Tensor) or video.ndim != 4 or video.shape[1] != 3:
-        found = tuple(video.shape) if isinstance(video, Tensor) else type(video).__name__
-        raise ValueError(f"temporal_flickering: expected one video F,3,H,W, found {found}")
+    (video,) = video_list([video], "temporal_flickering")
     if video.shape[0] < 2:
         raise ValueError(f"temporal_flickering: needs at least 2 frames, found {video.shape[0]}")
     levels = uint8_levels(video).to(torch.int16)
@@ -183,7 +180,10 @@ class ClipScore:
     def score(self, videos: Videos, prompts: Sequence[str]) -> list[float]:
         """One score per video (class doc for the two conventions)."""
         videos = video_list(videos, f"metric '{self.name}'", prompts)
-        text = F.normalize(self.model.encode_text(self.tokenizer(list(prompts)).to(self.device)).float(), dim=-1)
+        prompts = list(prompts)
+        text = F.normalize(torch.cat([self.model.encode_text(self.tokenizer(prompts[i : i + self.batch_size])
+                                                             .to(self.device)).float()
+                                      for i in range(0, len(prompts), self.batch_size)]), dim=-1)
         scores = []
         for video, t in zip(videos, text):
             image = torch.cat([self.model.encode_image(self.preprocess(chunk)).float()
@@ -285,7 +285,7 @@ def fvd(real_feats: np.ndarray, fake_feats: np.ndarray) -> float:
     real, fake = np.asarray(real_feats, np.float64), np.asarray(fake_feats, np.float64)
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1] or min(len(real), len(fake)) < 2:
         raise ValueError(f"fvd: expected two N,D feature sets with N >= 2 and one D, found {real.shape} and {fake.shape}")
-    return frechet_distance(real.mean(0), np.cov(real, rowvar=False, bias=True), fake.mean(0), np.cov(fake, rowvar=False))
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False))
 
 
 def i3d_clips(videos: Sequence[Tensor], num_frames: int = 16, size: int = 224) -> Tensor:

@@ -2,7 +2,7 @@
 
     sample_suite(generate, items, out, shard=i, num_shards=n)
 
-- **Resumable.** A video is written to ``<out>/tmp/`` and moved into ``<out>/videos/`` with
+- **Resumable.** A video is written to ``<out>/tmp/<shard>/`` and moved into ``<out>/videos/`` with
   ``os.replace`` once complete, so a file under ``videos/`` is always whole: a killed run restarted
   with the same arguments skips every file that exists and samples the rest. Leftover partial files
   in ``tmp/`` are removed at the start (never under ``videos/``, where VBench's loader would see them).
@@ -86,13 +86,14 @@ def sample_suite(generate: Generate, items: list[Item], out: str | Path, *, writ
     run's fps); ``extra`` is added to every manifest line (model, sampler). ``after_each(n)`` is
     called after each new file (tests use it to stop a run midway)."""
     out = Path(out)
-    videos, tmp = out / "videos", out / "tmp"
+    # each shard has its own temp folder: shards run at once into one folder
+    videos, tmp = out / "videos", out / "tmp" / f"shard-{shard}-of-{num_shards}"
     mine = shard_items(items, shard, num_shards)
     manifest = manifest_path(out, shard, num_shards)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     videos.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
-        shutil.rmtree(tmp)  # partial files of a killed run; only whole files live under videos/
+        shutil.rmtree(tmp)  # partial files of this shard's killed run; only whole files live under videos/
     tmp.mkdir(parents=True)
     recorded = set(read_manifest(out))
     start = time.perf_counter()
@@ -116,6 +117,8 @@ def sample_suite(generate: Generate, items: list[Item], out: str | Path, *, writ
                 after_each(n)
         bar.close()
     shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.parent.is_dir() and not any(tmp.parent.iterdir()):
+        tmp.parent.rmdir()
     return SampleReport(len(todo), len(done), time.perf_counter() - start, shard, num_shards)
 
 

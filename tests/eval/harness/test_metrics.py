@@ -19,7 +19,7 @@ from eval.harness.metrics import (
 from rewards.loading import CheckpointMismatchError
 from rewards.toy import ToyDualEncoder, ToyImageText, ToyRewardConfig, ToyVideoText
 from turbo.toy.split import split_specs
-from turbo.toy.world import ToyWorld, parse_caption
+from turbo.toy.world import COLOURS, ToyWorld, parse_caption
 
 ARCH = "TurboTest-CLIP-metrics"  # registered here; the same tiny numbers as tests/conftest.py's TurboTest-CLIP
 
@@ -44,7 +44,7 @@ def test_a_still_video_scores_exactly_one_and_full_black_white_alternation_zero(
 
 def test_temporal_flickering_by_hand_quantised_then_mean_over_pixels_then_over_pairs():
     f0 = torch.zeros(3, 1, 2)
-    f1 = torch.tensor([[[1.0, 0.0]], [[0.201, 0.201]], [[0.0, 0.0]]])  # levels 255, 0 | 51, 51 | 0, 0
+    f1 = torch.tensor([[[1.0, 0.0]], [[0.199, 0.199]], [[0.0, 0.0]]])  # levels 255, 0 | 51 (50.745), 51 | 0, 0
     f2 = torch.ones(3, 1, 2)
     # pair 1: |diffs| 255 + 51 + 51 = 357 over 6 values = 59.5; (255 - 59.5) / 255
     assert temporal_flickering(torch.stack([f0, f1])) == pytest.approx(195.5 / 255, abs=1e-12)
@@ -282,12 +282,16 @@ def test_i3d_logits_shape_and_fvd_of_a_set_against_itself(i3d_file):
 
 # ---------------------------------------------------------------- ToyBench
 
-def test_toybench_scores_a_clean_render_high_on_colour_and_noise_low():
+def test_toybench_scores_a_clean_render_high_on_colour_and_noise_or_a_wrong_caption_low():
     world = ToyWorld()
-    prompt = split_specs()[1][0].caption()
-    clean = world.render(parse_caption(prompt), torch.Generator().manual_seed(0))
+    spec = split_specs()[1][0]
+    prompt, colour = spec.caption(), spec.objects[0].colour
+    other = next(c for c in COLOURS if c != colour)
+    wrong = " ".join(other if word == colour else word for word in prompt.split())
+    clean = world.render(spec, torch.Generator().manual_seed(0))
     noise = torch.rand(clean.shape, generator=torch.Generator().manual_seed(1))
-    good, bad = toybench_scores([clean, noise], [prompt, prompt])
+    good, bad, mislabelled = toybench_scores([clean, noise, clean], [prompt, prompt, wrong])
     assert good["colour"] > 0.9 and good["shape"] == 1.0 and good["count"] == 1.0
     assert bad["colour"] < 0.1 and bad["temporal_flickering"] < good["temporal_flickering"]
+    assert mislabelled["colour"] == 0.0 and mislabelled["temporal_flickering"] == good["temporal_flickering"]
     assert "distribution" not in good  # a set-level score

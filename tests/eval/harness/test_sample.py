@@ -132,7 +132,7 @@ def test_sharded_vbench_sampling_resumes_after_a_kill_and_equals_the_unsharded_r
         sample_suite(generate, suite.items, sharded, write=lambda p, v: write_video(p, v, fps=8), shard=0, num_shards=2,
                      extra=extra, after_each=kill_after_3)
     assert len(list((sharded / "videos").glob("*.mp4"))) == 3
-    (sharded / "tmp" / "9.mp4").write_bytes(b"partial")      # what a kill mid-write leaves behind
+    (sharded / "tmp" / "shard-0-of-2" / "9.mp4").write_bytes(b"partial")   # what a kill mid-write leaves behind
     resumed = sample_suite(generate, suite.items, sharded, write=lambda p, v: write_video(p, v, fps=8), shard=0,
                            num_shards=2, extra=extra)
     assert (resumed.written, resumed.skipped) == (7, 3)
