@@ -67,23 +67,51 @@ def build_suite(cfg: DictConfig) -> Suite:
 
 # --- sample ---------------------------------------------------------------------------------------
 def make_generate(cfg: DictConfig, suite: Suite):
-    """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler."""
+    """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler;
+    with ``image_stage.model`` set, the factored pipeline (its first frame, then the I2V ``model``)."""
     from turbo.generate import resolve_device
     from turbo.i2v import load_image
-    from turbo.pipeline import load_stage, sampler_from_config
+    from turbo.pipeline import load_stage, sampler_from_config, t2i2v
 
+    device = resolve_device(str(cfg.device))
     sampler = sampler_from_config(cfg.sampler, cfg.lora)
-    stage = load_stage(cfg.model, sampler, resolve_device(str(cfg.device)), lora=cfg.lora)
+    stage = load_stage(cfg.model, sampler, device, lora=cfg.lora)
     v = cfg.video
     f, h, w = int(v.num_frames), int(v.height), int(v.width)
     stage.vae.check_video_size(f, h, w, key="video")
-    is_i2v = stage.i2v is not None
+    is_i2v, name = stage.i2v is not None, cfg.model.get("name", "?")
+    image_cfg = cfg.get("image_stage")
+    factored = image_cfg is not None and image_cfg.get("model") is not None
+    if factored:
+        if not is_i2v:
+            raise ConfigError(f"image_stage.model is the factored pipeline's first-frame stage: model must then be an "
+                              f"image-to-video model (one with model.i2v), found model={name}")
+        if suite.name == "vbench_i2v":
+            raise ConfigError("suite=vbench_i2v gives every video its first frame: unset image_stage.model")
+        if image_cfg.model.get("i2v") is not None:
+            raise ConfigError(f"image_stage.model={image_cfg.model.get('name', '?')} is an image-to-video model: the "
+                              f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
     if suite.name == "vbench_i2v" and not is_i2v:
-        raise ConfigError(f"suite=vbench_i2v needs an image-to-video model (one with model.i2v), found "
-                          f"model={cfg.model.get('name', '?')}")
-    if suite.name in ("vbench", "evalcrafter") and is_i2v:
-        raise ConfigError(f"suite={suite.name} is a text-to-video suite; model={cfg.model.get('name', '?')} is an "
-                          f"image-to-video model (use suite=vbench_i2v, or suite=toybench with its true first frames)")
+        raise ConfigError(f"suite=vbench_i2v needs an image-to-video model (one with model.i2v), found model={name}")
+    if suite.name in ("vbench", "evalcrafter") and is_i2v and not factored:
+        raise ConfigError(f"suite={suite.name} is a text-to-video suite; model={name} is an image-to-video model: "
+                          f"set +model@image_stage.model=<a text-to-image model> for the factored pipeline, or use "
+                          f"suite=vbench_i2v (or suite=toybench with its true first frames)")
+    extra = {"model": cfg.model.get("name"), "lora": None if cfg.lora is None else str(cfg.lora),
+             "sampler": sampler.to_dict()}
+    if factored:
+        image_sampler = sampler_from_config(image_cfg.sampler, image_cfg.lora, "image_stage.sampler")
+        image_stage = load_stage(image_cfg.model, image_sampler, device, lora=image_cfg.lora, key="image_stage.model",
+                                 lora_key="image_stage.lora")
+        image_stage.vae.check_video_size(1, h, w, key="video")
+        extra["image_stage"] = {"model": image_cfg.model.get("name"),
+                                "lora": None if image_cfg.lora is None else str(image_cfg.lora),
+                                "sampler": image_sampler.to_dict()}
+
+        def generate(item: Item) -> torch.Tensor:
+            return t2i2v(image_stage, stage, [item.model_prompt], item.seed, f, h, w, cfg.negative_prompt)[0].cpu()
+
+        return generate, extra
     bench = None
     if suite.name == "toybench" and is_i2v:
         from eval.toybench import ToyBench
@@ -100,8 +128,7 @@ def make_generate(cfg: DictConfig, suite: Suite):
         gen = torch.Generator().manual_seed(item.seed)
         return stage.video([item.model_prompt], f, h, w, gen, cfg.negative_prompt, first)[0].cpu()
 
-    return generate, {"model": cfg.model.get("name"), "lora": None if cfg.lora is None else str(cfg.lora),
-                      "sampler": sampler.to_dict()}
+    return generate, extra
 
 
 def sample(cfg: DictConfig, suite: Suite, out: Path):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from eval.harness.app import build_suite, run
@@ -169,3 +170,33 @@ def test_bad_input_is_one_line(tmp_path):
         run(cfg_for(["stage=scored"]), tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="3 of the suite's 3 files are missing"):
         run(cfg_for(["suite.num_prompts=3", "stage=score"]), tmp_path / "empty")
+
+
+def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
+    """image_stage.model set: each video is t2i2v(first frame from the T2I model, then the I2V model),
+    equal to calling turbo.pipeline.t2i2v directly; without it, toybench's I2V path uses true first frames."""
+    from eval.harness import app
+    from turbo.pipeline import load_stage, sampler_from_config, t2i2v
+
+    over = ["model=toy_i2v", "suite.num_prompts=2", "stage=sample"]
+    factored = [*over, "+model@image_stage.model=toy_t2i", "image_stage.sampler.teacher.steps=2"]
+    run(cfg_for(factored), tmp_path / "factored")
+    run(cfg_for(over), tmp_path / "true_frames")
+    cfg = cfg_for(factored)
+    video = load_stage(cfg.model, sampler_from_config(cfg.sampler, None), torch.device("cpu"))
+    image = load_stage(cfg.image_stage.model, sampler_from_config(cfg.image_stage.sampler, None), torch.device("cpu"))
+    item = build_suite(cfg).items[1]
+    want = t2i2v(image, video, [item.prompt], item.seed, 9, 32, 32)[0]
+    from turbo.video import write_video
+    write_video(tmp_path / "want.mp4", want, fps=8)                 # the same mp4 round trip as the harness's
+    got = frames(tmp_path / "factored" / "videos")[item.file]
+    np.testing.assert_array_equal(got, read_video(tmp_path / "want.mp4")[0].numpy())
+    assert np.abs(got - frames(tmp_path / "true_frames" / "videos")[item.file]).max() > 0.1
+    row = read_manifest(tmp_path / "factored")[item.file]
+    assert row["image_stage"]["model"] == "toy_t2i" and row["image_stage"]["sampler"]["steps"] == 2
+    with pytest.raises(ConfigError, match="model must then be an image-to-video model"):
+        app.make_generate(cfg_for(["+model@image_stage.model=toy_t2i"]), build_suite(cfg_for([])))
+    with pytest.raises(ConfigError, match="set \\+model@image_stage.model"):
+        (tmp_path / "ec_prompts").mkdir()
+        (tmp_path / "ec_prompts" / "prompt700.txt").write_text("a red circle moving right\n" * 700)
+        run(cfg_for(["model=toy_i2v", "suite=evalcrafter", f"suite.prompts={tmp_path / 'ec_prompts'}", "suite.limit=1"]), tmp_path / "ec")
