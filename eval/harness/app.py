@@ -184,6 +184,16 @@ def score(cfg: DictConfig, suite: Suite, out: Path) -> dict:
     return result
 
 
+def is_long(cfg: DictConfig) -> bool:
+    """suite.long: true | false | auto (VBench-Long for videos of 5 s or more, as VBench's FAQ asks)."""
+    long = cfg.suite.get("long", False)
+    if long == "auto":
+        return int(cfg.video.num_frames) / float(cfg.fps) >= 5.0
+    if not isinstance(long, bool):
+        raise ConfigError(f"suite.long must be true, false or auto, found {long!r}")
+    return long
+
+
 def score_vbench(cfg: DictConfig, suite: Suite, out: Path) -> dict:
     """VBench's own code in the vbench environment; every results file lands in <out>/scores/vbench/.
     With suite.static_filter, temporal_flickering is scored on the first 5 static videos of each of
@@ -204,6 +214,11 @@ def score_vbench(cfg: DictConfig, suite: Suite, out: Path) -> dict:
                      image_folder=Path(suite.options["data_dir"]) / "crop" / ratio, **common)
         return {"dimensions": agg.read_vbench_results(vbench_dir), "source": str(vbench_dir)}
     full_info = Path(suite.options["full_info"])
+    if is_long(cfg):  # VBench-Long: one call; it splits the videos into clips and has its own static filter
+        vbench_score(out / "videos", vbench_dir, dims, name=suite.name, full_info=full_info, long=True,
+                     static_filter=bool(cfg.suite.static_filter), videos_per_prompt=int(cfg.suite.videos_per_prompt),
+                     **{**common, "mode": "long_vbench_standard"})
+        return {"dimensions": agg.read_vbench_results(vbench_dir), "source": str(vbench_dir), "long": True}
     notes = {}
     if cfg.suite.static_filter and "temporal_flickering" in dims:
         files = [i.file for i in suite.items if "temporal_flickering" in i.dimensions]

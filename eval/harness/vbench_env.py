@@ -29,10 +29,16 @@ PINS: list[str] = [
     "setuptools<81",  # openai-clip (hence pyiqa, clip) imports pkg_resources, gone in setuptools 81
     "timm>=0.9,<=1.0.12",
     "pyiqa==0.1.10",
-    # vbench 0.1.5 pins no torch; take the PyPI (CUDA) build explicitly so the env is reproducible.
-    # It runs on CPU too; a CPU-only torch with PyPI torchvision does not import.
-    "torch==2.14.1",
-    "torchvision==0.29.1",
+    # vbench 0.1.5 pins no torch; take a PyPI (CUDA) build explicitly so the env is reproducible. It
+    # runs on CPU too (a CPU-only torch with PyPI torchvision does not import). torch < 2.6: 0.1.5 loads
+    # AMT (motion_smoothness) with torch.load's old weights_only=False default; torchvision 0.20 still
+    # has io.write_video, which VBench-Long's clip splitting calls.
+    "torch==2.5.1",
+    "torchvision==0.20.1",
+    # VBench-Long (vbench2_beta_long) imports these; vbench does not require them
+    "scenedetect==0.6.4",
+    "moviepy==1.0.3",  # vbench2_beta_long imports moviepy.editor, gone in moviepy 2
+    "av==13.1.0",  # torchvision.io.write_video's backend
 ]
 
 MARKER = "turbo-vbench-env.json"  # inside the env: the pins it was built with, written after success
@@ -211,7 +217,8 @@ def _cache_dir(cache_dir: Path | None) -> Path:
 def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = None, name: str = "results",
           mode: str = "vbench_standard", full_info: Path | None = None, device: str = "cpu",
           cache_dir: Path | None = None, i2v: bool = False, resolution: str | None = None,
-          image_folder: Path | None = None, timeout: float | None = None) -> Path:
+          image_folder: Path | None = None, long: bool = False, static_filter: bool = False,
+          videos_per_prompt: int = 5, timeout: float | None = None) -> Path:
     """Score the videos in ``videos`` on ``dimensions`` with VBench (VBenchI2V if ``i2v``) in its env.
 
     ``mode`` is VBench's: ``vbench_standard`` (files ``{prompt}-{i}.mp4`` of the suite in
@@ -219,7 +226,10 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
     prompt from the file name). Weights are read from ``cache_dir`` (default ``$VBENCH_CACHE_DIR``
     or ``~/.cache/vbench``); missing ones are an error before anything runs. ``i2v``: VBenchI2V with
     the crop ``resolution`` (e.g. "16-9"), ``image_folder`` holding the cropped input images and the
-    I2V suite as ``full_info`` (vbench_standard only). ``timeout`` (s) bounds the worker. Returns
+    I2V suite as ``full_info`` (vbench_standard only). ``long``: VBench-Long (videos of 5 s and more:
+    scene-split into clips, scored per clip, averaged per video) in mode ``long_vbench_standard``
+    (``videos_per_prompt`` files per prompt) or ``long_custom_input``, with its own static filter if
+    ``static_filter``. ``timeout`` (s) bounds the worker. Returns
     ``out/{name}_eval_results.json``; the worker's output is kept in ``out/vbench_worker.log``.
     """
     env = Path(env) if env is not None else default_env()
@@ -228,6 +238,9 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
     missing = missing_checkpoints(dimensions, cache)
     if missing:
         raise VBenchEnvError(f"{len(missing)} checkpoint(s) missing: " + "; ".join(missing))
+    if long and (i2v or mode not in ("long_vbench_standard", "long_custom_input")):
+        raise VBenchEnvError(f"VBench-Long scores text-to-video suites in mode long_vbench_standard or "
+                             f"long_custom_input, found mode={mode!r}{' with i2v' if i2v else ''}")
     if i2v and (full_info is None or image_folder is None or mode != "vbench_standard"):
         raise VBenchEnvError("i2v scoring needs mode='vbench_standard' (the only mode VBenchI2V 0.1.5 has), "
                              "full_info (vbench2_i2v_full_info.json, in VBench's git repository, not the wheel) "
@@ -238,7 +251,8 @@ def score(videos: Path, out: Path, dimensions: list[str], *, env: Path | None = 
             "dimensions": list(dimensions), "mode": mode, "device": device,
             "full_info": str(Path(full_info).absolute() if full_info else full_info_path(env)),
             "local": any(CHECKPOINTS.get(d) for d in dimensions), "i2v": i2v, "resolution": resolution,
-            "image_folder": str(Path(image_folder).absolute()) if image_folder else None}
+            "image_folder": str(Path(image_folder).absolute()) if image_folder else None,
+            "long": long, "static_filter": static_filter, "videos_per_prompt": int(videos_per_prompt)}
     results = out / f"{name}_eval_results.json"
     results.unlink(missing_ok=True)  # a stale file must not pass for this run's result
     _run_worker(python, args, out, cache, results, timeout)

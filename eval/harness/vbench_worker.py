@@ -14,7 +14,10 @@ on any error prints ``vbench_worker: error: ...`` last on stderr and exits 1.
 JSON arguments: videos_path, output_dir, name, dimensions (list), mode, device, full_info,
 local (bool), i2v (bool), resolution (I2V crop ratio, e.g. "16-9"), image_folder (I2V: the cropped
 input images for that ratio, named as the suite's image_name; linked where VBenchI2V looks for them,
-``vbench2_beta_i2v/data/crop/{resolution}`` under the working directory).
+``vbench2_beta_i2v/data/crop/{resolution}`` under the working directory), long (bool: VBench-Long,
+``vbench2_beta_long.VBenchLong`` in mode ``long_vbench_standard`` or ``long_custom_input``),
+static_filter (bool, long only: VBench-Long's own static filter for temporal_flickering),
+videos_per_prompt (long_vbench_standard: how many ``{prompt}-{i}`` files each prompt has).
 """
 
 import argparse
@@ -25,6 +28,98 @@ import traceback
 from importlib.metadata import version
 
 REQUIRED = ("videos_path", "output_dir", "name", "dimensions", "mode", "device", "full_info")
+
+# VBench-Long's configs (vbench2_beta_long/configs/ in VBench's git repository; the 0.1.5 wheel does
+# not ship them, and VBenchLong reads them from beside its own module). Clip seconds per dimension
+# (clip_length_mix.yaml, its default), and the slow-fast fusion constants (slow_fast_params.yaml),
+# which the consistency dimensions read even when, as in the default non-dev mode, the clip-to-clip
+# weight is 0.
+LONG_CLIP_SECONDS = {
+    "subject_consistency": 2.0, "background_consistency": 2.0, "motion_smoothness": 2.0,
+    "temporal_flickering": 2.0, "dynamic_degree": 2.0, "imaging_quality": 2.0, "aesthetic_quality": 2.0,
+    "object_class": 2.0, "multiple_objects": 2.0, "human_action": 10.0, "color": 2.0,
+    "spatial_relationship": 2.0, "scene": 2.0, "appearance_style": 2.0, "temporal_style": 10.0,
+    "overall_consistency": 10.0}
+LONG_SLOW_FAST = {
+    "w_inclip_sb": 0.7, "w_clip2clip_sb": 0.3, "inclip_mean_sb": 0.9206531487463249,
+    "inclip_std_sb": 0.004580085658914342, "clip2clip_mean_sb": 0.782773956831079,
+    "clip2clip_std_sb": 0.024658268466961904, "w_inclip_bg": 0.8, "w_clip2clip_bg": 0.2,
+    "inclip_mean_bg": 0.9461633887475777, "inclip_std_bg": 0.00041191287498028263,
+    "clip2clip_mean_bg": 0.8817304710164493, "clip2clip_std_bg": 0.007886728751286067}
+# eval_long.py's settings without --dev_flag (the leaderboard's): DINO / CLIP features, in-clip only
+LONG_KWARGS = {"sb_clip2clip_feat_extractor": "dino", "bg_clip2clip_feat_extractor": "clip", "w_inclip": 1.0,
+               "w_clip2clip": 0.0, "imaging_quality_preprocessing_mode": "longer", "use_semantic_splitting": False,
+               "clip_length_config": "clip_length_mix.yaml", "dev_flag": False}
+
+
+def long_configs() -> str:
+    """Write VBench-Long's two config files beside its module if the installed package lacks them;
+    return the slow-fast config's path."""
+    import vbench2_beta_long
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(vbench2_beta_long.__file__)), "configs")
+    os.makedirs(folder, exist_ok=True)
+    for name, table in (("clip_length_mix.yaml", LONG_CLIP_SECONDS), ("slow_fast_params.yaml", LONG_SLOW_FAST)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            with open(path + ".tmp", "w") as f:
+                f.writelines(f"{key}: {value!r}\n" for key, value in table.items())
+            os.replace(path + ".tmp", path)
+    return os.path.join(folder, "slow_fast_params.yaml")
+
+
+def vbench_long_class():
+    """VBenchLong with one fix. In mode long_vbench_standard its build_full_info_json takes the video
+    suffix from whichever entry os.listdir returns first; when that is its own split_clip folder the
+    suffix is '' and no clip matches, so every prompt gets an empty video list (and then an
+    IndexError). The same listing with the suffix of the videos themselves."""
+    from vbench.utils import load_json, save_json
+    from vbench2_beta_long import VBenchLong
+
+    class FixedVBenchLong(VBenchLong):
+        def build_full_info_json(self, videos_path, name, dimension_list, prompt_list=[], special_str="",
+                                 verbose=False, mode="vbench_standard", **kwargs):
+            if mode != "long_vbench_standard":
+                return super().build_full_info_json(videos_path, name, dimension_list, prompt_list, special_str,
+                                                    verbose, mode, **kwargs)
+            videos = [f for f in os.listdir(videos_path) if os.path.isfile(os.path.join(videos_path, f))]
+            stems = {os.path.splitext(f)[0] for f in videos}
+            entries = []
+            for entry in load_json(self.full_info_dir):
+                if not set(dimension_list) & set(entry["dimension"]):
+                    continue
+                entry["video_list"] = []
+                for i in range(kwargs["num_of_samples_per_prompt"]):
+                    folder = os.path.join(videos_path, "split_clip", f"{entry['prompt_en']}{special_str}-{i}")
+                    if not os.path.isdir(folder):
+                        print(f"WARNING: no clips of {folder} (a missing video)")
+                        continue
+                    entry["video_list"] += [os.path.join(folder, clip) for clip in os.listdir(folder)
+                                            if clip.rsplit("_", 1)[0] in stems]
+                entries.append(entry)
+            path = os.path.join(self.output_path, name + "_full_info.json")
+            save_json(entries, path)
+            return path
+
+    return FixedVBenchLong
+
+
+def run_long(args: dict, device) -> None:
+    """VBench-Long: it splits every video into clips and writes them INTO the folder it is given, so
+    it gets a folder of links to the videos under output_dir (the sampled folder stays as it was)."""
+    if args["mode"] not in ("long_vbench_standard", "long_custom_input"):
+        raise ValueError(f"VBench-Long has modes long_vbench_standard and long_custom_input, found {args['mode']!r}")
+    slow_fast = long_configs()
+    staged = os.path.join(args["output_dir"], f"{args['name']}_long_input")
+    os.makedirs(staged, exist_ok=True)
+    for file in sorted(os.listdir(args["videos_path"])):
+        if file.endswith(".mp4") and not os.path.lexists(os.path.join(staged, file)):
+            os.symlink(os.path.join(args["videos_path"], file), os.path.join(staged, file))
+    bench = vbench_long_class()(device, args["full_info"], args["output_dir"])
+    bench.evaluate(videos_path=staged, name=args["name"], dimension_list=list(args["dimensions"]),
+                   local=bool(args.get("local")), mode=args["mode"], slow_fast_eval_config=slow_fast,
+                   static_filter_flag=bool(args.get("static_filter")),
+                   num_of_samples_per_prompt=int(args.get("videos_per_prompt") or 5), **LONG_KWARGS)
 
 
 def run(args: dict) -> str:
@@ -37,13 +132,12 @@ def run(args: dict) -> str:
     # A single process: vbench.distributed falls back to rank 0 / world size 1 when torch.distributed
     # is not initialised, and VBench.evaluate only gathers results across ranks when world size > 1.
     device = torch.device(args["device"])
-    kwargs = {"mode": args["mode"]}
-    if args.get("i2v"):
+    if args.get("long"):
+        run_long(args, device)
+    elif args.get("i2v"):
         from vbench2_beta_i2v import VBenchI2V
 
-        bench = VBenchI2V(device, args["full_info"], args["output_dir"])
         resolution = args.get("resolution") or "1-1"
-        kwargs = {"resolution": resolution}
         if args["mode"] != "vbench_standard":
             raise ValueError(f"VBenchI2V {version('vbench')} has no mode {args['mode']!r}; use vbench_standard")
         if args.get("image_folder"):
@@ -55,12 +149,15 @@ def run(args: dict) -> str:
                 if os.path.lexists(link):
                     os.remove(link)
                 os.symlink(args["image_folder"], link)
+        VBenchI2V(device, args["full_info"], args["output_dir"]).evaluate(
+            videos_path=args["videos_path"], name=args["name"], dimension_list=list(args["dimensions"]),
+            local=bool(args.get("local")), resolution=resolution)
     else:
         from vbench import VBench
 
-        bench = VBench(device, args["full_info"], args["output_dir"])
-    bench.evaluate(videos_path=args["videos_path"], name=args["name"], dimension_list=list(args["dimensions"]),
-                   local=bool(args.get("local")), **kwargs)
+        VBench(device, args["full_info"], args["output_dir"]).evaluate(
+            videos_path=args["videos_path"], name=args["name"], dimension_list=list(args["dimensions"]),
+            local=bool(args.get("local")), mode=args["mode"])
     results = os.path.join(args["output_dir"], f"{args['name']}_eval_results.json")
     if not os.path.isfile(results):
         raise RuntimeError(f"VBench finished but wrote no {results}")

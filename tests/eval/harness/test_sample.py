@@ -200,3 +200,13 @@ def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
         (tmp_path / "ec_prompts").mkdir()
         (tmp_path / "ec_prompts" / "prompt700.txt").write_text("a red circle moving right\n" * 700)
         run(cfg_for(["model=toy_i2v", "suite=evalcrafter", f"suite.prompts={tmp_path / 'ec_prompts'}", "suite.limit=1"]), tmp_path / "ec")
+
+
+def test_vbench_long_is_chosen_for_videos_of_5_seconds_or_more():
+    from eval.harness.app import is_long
+
+    assert not is_long(cfg_for(["suite=vbench", "video.num_frames=33", "fps=8"]))       # 4.1 s
+    assert is_long(cfg_for(["suite=vbench", "video.num_frames=81", "fps=16"]))          # 5.06 s (Wan2.1)
+    assert not is_long(cfg_for(["suite=vbench", "video.num_frames=81", "fps=16", "suite.long=false"]))
+    with pytest.raises(ConfigError, match="suite.long must be true, false or auto, found 'yes'"):
+        is_long(cfg_for(["suite=vbench", "suite.long=yes"]))

@@ -3,6 +3,7 @@ VBench's own API called directly in the same env."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import textwrap
@@ -203,3 +204,57 @@ def test_turbo_eval_runs_temporal_flickering_end_to_end_on_toy_videos(tmp_path, 
     assert result["partial"] and result["aggregate"]["Semantic"] is None and result["aggregate"]["Total"] is None
     assert 0 < result["aggregate"]["Quality"] <= 1
     assert read_leaderboard_zip(out / "leaderboard.zip") == result["dimensions"]
+
+
+@pytest.mark.vbench
+@pytest.mark.timeout(2400)
+def test_vbench_long_scores_equal_vbench_longs_own_api_and_leave_the_videos_alone(tmp_path, vbench_python):
+    """6 s videos (VBench-Long's territory): VBench-Long's code splits each into three 2 s clips and
+    its per-video score is the mean of what VBench's own API gives those clips; the sampled folder
+    gets none of VBench-Long's clip folders."""
+    from turbo.video import write_video
+
+    prompts = ["a flickering light", "a moving square"]
+    full_info = tmp_path / "full_info.json"
+    full_info.write_text(json.dumps([{"prompt_en": p, "dimension": ["temporal_flickering"]} for p in prompts]))
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    flicker = torch.zeros(48, 3, 64, 64)
+    flicker[::2] = 1.0
+    square = torch.zeros(48, 3, 64, 64)
+    for t in range(48):
+        square[t, :, 20:36, t:t + 16] = 1.0
+    for name, video in zip(prompts, (flicker, square)):
+        write_video(videos / f"{name}-0.mp4", video, fps=8)
+    before = sorted(p.name for p in videos.iterdir())
+    results = score(videos, tmp_path / "out", ["temporal_flickering"], mode="long_vbench_standard", name="long",
+                    full_info=full_info, long=True, videos_per_prompt=1)
+    assert sorted(p.name for p in videos.iterdir()) == before
+    ours = json.loads(results.read_text())
+
+    # VBench-Long's per-video score is the mean of its 2 s clips' scores: score the clips with plain
+    # VBench (custom_input) and compare
+    clips = sorted((tmp_path / "out" / "long_long_input" / "split_clip").glob("*/*.mp4"))
+    assert sorted(c.name for c in clips) == sorted(f"{p}-0_{k:03d}.mp4" for p in prompts for k in range(3))  # 6 s / 2 s
+    flat = tmp_path / "clips"
+    flat.mkdir()
+    for clip in clips:
+        shutil.copy(clip, flat / clip.name)
+    (tmp_path / "ref").mkdir()
+    direct = textwrap.dedent(f"""
+        import torch
+        from vbench import VBench
+        VBench(torch.device("cpu"), {str(full_info)!r}, {str(tmp_path / "ref")!r}).evaluate(
+            {str(flat)!r}, "ref", dimension_list=["temporal_flickering"], mode="custom_input")
+        """)
+    subprocess.run([str(vbench_python), "-c", direct], cwd=tmp_path / "ref", check=True, capture_output=True)
+    per_clip = {os.path.basename(v["video_path"]): v["video_results"]
+                for v in json.loads((tmp_path / "ref" / "ref_eval_results.json").read_text())["temporal_flickering"][1]}
+    average = ours["temporal_flickering"][0]
+    per_video = {os.path.basename(v["video_path"]): v["video_results"] for v in ours["temporal_flickering"][2]}
+    assert set(per_video) == {f"{p}-0.mp4" for p in prompts}
+    for p in prompts:
+        mine = [per_clip[f"{p}-0_{k:03d}.mp4"] for k in range(3)]
+        assert per_video[f"{p}-0.mp4"] == pytest.approx(sum(mine) / 3, abs=1e-12)
+    assert average == pytest.approx(sum(per_clip.values()) / 6, abs=1e-12)
+    assert per_video["a flickering light-0.mp4"] < 0.1 < 0.9 < per_video["a moving square-0.mp4"]
