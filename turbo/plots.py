@@ -121,7 +121,7 @@ def plot_bars(groups: Mapping[str, Mapping[str, float]], path: str | Path, ylabe
     ax.set_xticks(range(len(dims)))
     ax.set_xticklabels([d.replace("_", " ") for d in dims], rotation=35, ha="right", fontsize=7)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=min(len(groups), 3), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, Path(path))
 

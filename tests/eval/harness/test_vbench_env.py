@@ -208,7 +208,7 @@ def test_turbo_eval_runs_temporal_flickering_end_to_end_on_toy_videos(tmp_path, 
 
 @pytest.mark.vbench
 @pytest.mark.timeout(2400)
-def test_vbench_long_scores_equal_vbench_longs_own_api_and_leave_the_videos_alone(tmp_path, vbench_python):
+def test_vbench_long_scores_the_mean_of_its_clips_by_vbenchs_own_api_and_leaves_the_videos_alone(tmp_path, vbench_python):
     """6 s videos (VBench-Long's territory): VBench-Long's code splits each into three 2 s clips and
     its per-video score is the mean of what VBench's own API gives those clips; the sampled folder
     gets none of VBench-Long's clip folders."""
