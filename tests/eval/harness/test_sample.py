@@ -203,7 +203,7 @@ def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
 
 
 def test_vbench_long_is_chosen_for_videos_of_5_seconds_or_more():
-    from eval.harness.app import is_long
+    from eval.harness.scoring import is_long
 
     assert not is_long(cfg_for(["suite=vbench", "video.num_frames=33", "fps=8"]))       # 4.1 s
     assert is_long(cfg_for(["suite=vbench", "video.num_frames=81", "fps=16"]))          # 5.06 s (Wan2.1)
