@@ -158,10 +158,15 @@ def vbench_total(scores: Mapping[str, float], allow_partial: bool = False, *, so
     """
     out = _weighted("VBench", scores, VBENCH_DIMENSIONS, VBENCH_NORMALIZE, VBENCH_WEIGHTS,
                     {"Quality": VBENCH_QUALITY, "Semantic": VBENCH_SEMANTIC}, allow_partial, source)
-    q, s = out["Quality"], out["Semantic"]
-    out["Total"] = None if q is None or s is None else (
-        (q * VBENCH_QUALITY_WEIGHT + s * VBENCH_SEMANTIC_WEIGHT) / (VBENCH_QUALITY_WEIGHT + VBENCH_SEMANTIC_WEIGHT))
+    out["Total"] = _weighted_mean((out["Quality"], VBENCH_QUALITY_WEIGHT), (out["Semantic"], VBENCH_SEMANTIC_WEIGHT))
     return out
+
+
+def _weighted_mean(*pairs: tuple[float | None, float]) -> float | None:
+    """sum(v w) / sum(w) over (value, weight) pairs; None when a value is (a partial group)."""
+    if any(v is None for v, _ in pairs):
+        return None
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
 
 
 def vbench_i2v_total(scores: Mapping[str, float], allow_partial: bool = False, *, source: str | None = None) -> dict:
@@ -172,9 +177,7 @@ def vbench_i2v_total(scores: Mapping[str, float], allow_partial: bool = False, *
     """
     out = _weighted("VBench-I2V", scores, VBENCH_I2V_DIMENSIONS, VBENCH_I2V_NORMALIZE, VBENCH_I2V_WEIGHTS,
                     {"I2V": VBENCH_I2V_I2V, "Quality": VBENCH_I2V_QUALITY}, allow_partial, source)
-    i2v, q = out["I2V"], out["Quality"]
-    out["Total"] = None if i2v is None or q is None else (
-        (q * VBENCH_I2V_QUALITY_WEIGHT + i2v * VBENCH_I2V_WEIGHT) / (VBENCH_I2V_QUALITY_WEIGHT + VBENCH_I2V_WEIGHT))
+    out["Total"] = _weighted_mean((out["Quality"], VBENCH_I2V_QUALITY_WEIGHT), (out["I2V"], VBENCH_I2V_WEIGHT))
     return out
 
 
