@@ -98,7 +98,7 @@ class MissingDimension(ValueError):
         self.missing, self.source = list(missing), source
         where = f" (read from {source})" if source else ""
         super().__init__(f"{bench}: missing {', '.join(self.missing)}{where}; "
-                         "pass allow_partial=True for a partial total")
+                         "score them, or set allow_partial=true for a partial total")
 
 
 class Scores(dict):

@@ -147,11 +147,11 @@ def aggregate(cfg: DictConfig, suite: Suite, out: Path) -> dict:
     if suite.name == "toybench":
         total = scores["toybench"]
     elif suite.name == "vbench":
-        total = agg.vbench_total(dims, allow_partial=partial)
+        total = agg.vbench_total(dims, allow_partial=partial, source=str(path))
     elif suite.name == "vbench_i2v":
-        total = agg.vbench_i2v_total(dims, allow_partial=partial)
+        total = agg.vbench_i2v_total(dims, allow_partial=partial, source=str(path))
     else:
-        total = agg.evalcrafter_total(dims, allow_partial=partial) if dims else {}
+        total = agg.evalcrafter_total(dims, allow_partial=partial, source=str(path)) if dims else {}
     if suite.name == "vbench" and (out / "scores" / "vbench").is_dir():
         # the upload VBench's leaderboard takes: its results files, as cal_final_score.py reads them
         agg.write_leaderboard_zip(out / "scores" / "vbench", out / "leaderboard.zip", name=suite.name)

@@ -170,6 +170,13 @@ def test_bad_input_is_one_line(tmp_path):
         run(cfg_for(["stage=scored"]), tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="3 of the suite's 3 files are missing"):
         run(cfg_for(["suite.num_prompts=3", "stage=score"]), tmp_path / "empty")
+    scores = tmp_path / "partial" / "scores" / "vbench.json"      # a results file with one dimension of 16
+    scores.parent.mkdir(parents=True)
+    scores.write_text(json.dumps({"dimensions": {"subject_consistency": 0.9}}))
+    from eval.harness.aggregate import MissingDimension
+    with pytest.raises(MissingDimension, match=f"missing background_consistency, .*overall_consistency "
+                                               f"\\(read from {scores}\\); .*allow_partial=true"):
+        run(cfg_for(["suite=vbench", f"suite.full_info={full_info(tmp_path)}", "stage=aggregate"]), tmp_path / "partial")
 
 
 def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
