@@ -140,39 +140,54 @@ def run_evalcrafter(cfg: DictConfig, out: Path) -> dict[str, float]:
     return agg.parse_evalcrafter_logs(checkout / "results")
 
 
+BUILTIN = ("temporal_flickering", "clip_score", "rewards", "fvd")  # ToyBench is a suite (suite=toybench)
+
+
 def builtin_metrics(cfg: DictConfig, suite: Suite, out: Path) -> dict:
-    """The ``metrics`` list: per-video scores -> <out>/scores/builtin.jsonl, their means returned."""
+    """The ``metrics`` list: per-video scores -> <out>/scores/builtin.jsonl, their means returned.
+    ``rewards``: every term of the ``rewards`` mixture, one column each (``rewards/<term>``); ``fvd``:
+    a set statistic against ``fvd.reference`` (a folder of real mp4s), in the summary only."""
     names = [str(m) for m in cfg.metrics]
     if not names:
         return {}
-    from eval.harness import metrics as m
-
-    known = {"temporal_flickering", "clip_score"}  # ToyBench is a suite (suite=toybench), scored per prompt
-    unknown = sorted(set(names) - known)
+    unknown = sorted(set(names) - set(BUILTIN))
     if unknown:
-        raise ConfigError(f"metrics: {unknown} are not built-in metrics; choose from {sorted(known)}")
-    scorers = {}
-    for name in names:
-        if name == "clip_score":
-            if cfg.clip.pretrained is None:
-                raise ConfigError("metrics=[clip_score] needs clip.pretrained=<a local open_clip checkpoint>")
-            scorers[name] = m.ClipScore(str(cfg.clip.model_name), str(cfg.clip.pretrained),
-                                        convention=str(cfg.clip.convention))
-        elif name == "temporal_flickering":
-            scorers[name] = None
+        raise ConfigError(f"metrics: {unknown} are not built-in metrics; choose from {list(BUILTIN)}")
+    from eval.harness import metrics as m
+    from turbo.config import build
     from turbo.video import read_video
 
-    rows, videos, prompts = [], [], []
-    for item in suite.items:
-        videos.append(read_video(out / "videos" / item.file)[0])
-        prompts.append(item.prompt)
-    per = {}
+    videos = [read_video(out / "videos" / item.file)[0] for item in suite.items]
+    prompts = [item.prompt for item in suite.items]
+    per: dict[str, list[float]] = {}
+    summary: dict[str, float] = {}
     for name in names:
         if name == "temporal_flickering":
             per[name] = [m.temporal_flickering(v) for v in videos]
+        elif name == "clip_score":
+            if cfg.clip.pretrained is None:
+                raise ConfigError("metrics=[clip_score] needs clip.pretrained=<a local open_clip checkpoint>")
+            per[name] = m.ClipScore(str(cfg.clip.model_name), str(cfg.clip.pretrained),
+                                    convention=str(cfg.clip.convention)).score(videos, prompts)
+        elif name == "rewards":
+            mixture = build(cfg.rewards, "rewards")
+            if not mixture.terms:
+                raise ConfigError("metrics=[rewards] needs reward models: set rewards=<a reward config>, e.g. "
+                                  "reward@rewards=toy")
+            scores = m.RewardScores({t.name: t.model for t in mixture.terms},
+                                    {t.name: t.num_frames for t in mixture.terms}).score(videos, prompts)
+            per.update({f"rewards/{term}": values for term, values in scores.items()})
         else:
-            per[name] = list(scorers[name].score(videos, prompts))
-    for i, item in enumerate(suite.items):
-        rows.append({"file": item.file, "prompt": item.prompt, **{n: float(per[n][i]) for n in names}})
+            if cfg.fvd.i3d is None or cfg.fvd.reference is None:
+                raise ConfigError("metrics=[fvd] needs fvd.i3d=<a local I3D state dict> and fvd.reference=<a folder "
+                                  "of real mp4s>")
+            reference = sorted(Path(str(cfg.fvd.reference)).glob("*.mp4"))
+            if len(reference) < 2:
+                raise FileNotFoundError(f"fvd.reference={cfg.fvd.reference}: expected a folder with 2 or more mp4s, "
+                                        f"found {len(reference)}")
+            summary[name] = m.FVD(str(cfg.fvd.i3d), key="fvd.i3d").score_set(
+                videos, [read_video(path)[0] for path in reference])
+    rows = [{"file": item.file, "prompt": item.prompt, **{n: float(v[i]) for n, v in per.items()}}
+            for i, item in enumerate(suite.items)]
     atomic_write_text(out / "scores" / "builtin.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    return {n: float(sum(per[n]) / len(per[n])) for n in names}
+    return {**{n: float(sum(v) / len(v)) for n, v in per.items()}, **summary}

@@ -217,3 +217,36 @@ def test_vbench_long_is_chosen_for_videos_of_5_seconds_or_more():
     assert not is_long(cfg_for(["suite=vbench", "video.num_frames=81", "fps=16", "suite.long=false"]))
     with pytest.raises(ConfigError, match="suite.long must be true, false or auto, found 'yes'"):
         is_long(cfg_for(["suite=vbench", "suite.long=yes"]))
+
+
+def test_builtin_rewards_and_fvd_through_turbo_eval(tmp_path):
+    """metrics=[rewards, fvd]: one column per reward term, equal to RewardScores on the written files;
+    FVD against a reference folder equals FVD.score_set on the same videos (a random-init I3D)."""
+    from eval.harness.i3d import InceptionI3d
+    from eval.harness.metrics import FVD, RewardScores
+    from turbo.config import build
+
+    torch.manual_seed(0)
+    i3d = tmp_path / "i3d.pt"
+    torch.save(InceptionI3d().state_dict(), i3d)
+    run(cfg_for(["suite.num_prompts=3", "stage=sample"]), tmp_path / "ref")        # the "real" set
+    over = ["suite.num_prompts=3", "metrics=[rewards,fvd]", "reward@rewards=toy", f"fvd.i3d={i3d}",
+            f"fvd.reference={tmp_path / 'ref' / 'videos'}", "seed=1"]
+    result = run(cfg_for(over), tmp_path / "eval")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "scores" / "builtin.jsonl").read_text().splitlines()]
+    suite = build_suite(cfg_for(over))
+    videos = [read_video(tmp_path / "eval" / "videos" / i.file)[0] for i in suite.items]
+    mixture = build(cfg_for(over).rewards, "rewards")
+    want = RewardScores({t.name: t.model for t in mixture.terms},
+                        {t.name: t.num_frames for t in mixture.terms}).score(videos, [i.prompt for i in suite.items])
+    assert set(want) == {"toy_image", "toy_video"}
+    for term, values in want.items():
+        assert [r[f"rewards/{term}"] for r in rows] == pytest.approx(values, abs=1e-6)
+        assert result["builtin"][f"rewards/{term}"] == pytest.approx(sum(values) / 3, abs=1e-6)
+    reference = [read_video(p)[0] for p in sorted((tmp_path / "ref" / "videos").glob("*.mp4"))]
+    assert result["builtin"]["fvd"] == pytest.approx(FVD(i3d).score_set(videos, reference), rel=1e-9)
+    assert "fvd" not in rows[0]                                                     # a set statistic
+    with pytest.raises(ConfigError, match="metrics=\\[fvd\\] needs fvd.i3d"):
+        run(cfg_for(["suite.num_prompts=3", "metrics=[fvd]", "stage=score"]), tmp_path / "eval")
+    with pytest.raises(ConfigError, match="metrics=\\[rewards\\] needs reward models"):
+        run(cfg_for(["suite.num_prompts=3", "metrics=[rewards]", "stage=score"]), tmp_path / "eval")
