@@ -250,3 +250,25 @@ def test_builtin_rewards_and_fvd_through_turbo_eval(tmp_path):
         run(cfg_for(["suite.num_prompts=3", "metrics=[fvd]", "stage=score"]), tmp_path / "eval")
     with pytest.raises(ConfigError, match="metrics=\\[rewards\\] needs reward models"):
         run(cfg_for(["suite.num_prompts=3", "metrics=[rewards]", "stage=score"]), tmp_path / "eval")
+
+
+def test_a_student_folder_samples_as_its_sampler_json_says(tmp_path):
+    """lora=<run>/student with no sampler keys: the manifest records the student's own sampler, and
+    each file is what turbo-generate's stage draws for that prompt and seed."""
+    from tests.turbo.test_generate import SAMPLERS, perturbed_student
+    from turbo.generate import load
+    from turbo.video import write_video
+
+    folder = tmp_path / "run" / "student"
+    perturbed_student("toy_t2v", folder)                                  # consistency, 2 steps, w = 3
+    run(cfg_for([f"lora={folder}", "suite.num_prompts=2", "stage=sample"]), tmp_path / "eval")
+    item = build_suite(cfg_for([])).items[1]
+    row = read_manifest(tmp_path / "eval")[item.file]
+    assert row["lora"] == str(folder) and row["sampler"] == SAMPLERS["consistency"].to_dict()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        pipe = load(compose("generate", overrides=["model=toy_t2v", f"lora={folder}"]))
+    assert pipe.sampler == SAMPLERS["consistency"]
+    want = pipe.video([item.prompt], 9, 32, 32, torch.Generator().manual_seed(item.seed))[0]
+    write_video(tmp_path / "want.mp4", want, fps=8)
+    np.testing.assert_array_equal(frames(tmp_path / "eval" / "videos")[item.file],
+                                  read_video(tmp_path / "want.mp4")[0].numpy())
