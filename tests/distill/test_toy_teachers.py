@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from distill.train import run_training
 from turbo.toy.assets import asset, manifest
 
-TEACHERS = [name for name in ("t2i", "t2i_w128", "t2v", "i2v") if name in manifest()]
+TEACHERS = [name for name in ("t2i", "t2i_w128", "t2i_w128_15k", "t2v", "i2v") if name in manifest()]
 
 
 def cfg_for(*overrides):
