@@ -41,6 +41,9 @@ PINS: list[str] = [
     "av==13.1.0",  # torchvision.io.write_video's backend
 ]
 
+# every package of the env at the versions the tests last passed with: PINS are installed under these
+# constraints, so a fresh machine builds the same env, not whatever is newest
+LOCK = Path(__file__).with_name("vbench_lock.txt")
 MARKER = "turbo-vbench-env.json"  # inside the env: the pins it was built with, written after success
 SETUP_LOG = "turbo-setup.log"  # inside the env: the output of the last setup step that ran
 WORKER = Path(__file__).with_name("vbench_worker.py")
@@ -123,7 +126,8 @@ def setup(env: Path, pip_args: Sequence[str] = (), python: str = "python3") -> P
     if not _python(env).exists():
         steps.append(("create the venv", [python, "-m", "venv", str(env)]))
     steps.append(("pip install " + " ".join(PINS),
-                  [str(_python(env)), "-m", "pip", "install", "--disable-pip-version-check", *pip_args, *PINS]))
+                  [str(_python(env)), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(LOCK), *pip_args,
+                   *PINS]))
     for step, cmd in steps:
         with log.open("w") as out:
             out.write("$ " + " ".join(cmd) + "\n")
