@@ -64,13 +64,13 @@ def build_suite(cfg: DictConfig) -> Suite:
 def make_generate(cfg: DictConfig, suite: Suite):
     """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler;
     with ``image_stage.model`` set, the factored pipeline (its first frame, then the I2V ``model``)."""
-    from turbo.generate import resolve_device
+    from turbo.generate import load_image_stage, resolve_device
     from turbo.i2v import load_image
     from turbo.pipeline import load_stage, sampler_from_config, t2i2v
 
     device = resolve_device(str(cfg.device))
     sampler = sampler_from_config(cfg.sampler, cfg.lora)
-    stage = load_stage(cfg.model, sampler, device, lora=cfg.lora)
+    stage = load_stage(cfg.model, sampler, device, lora=cfg.lora, inference=cfg.inference)
     v = cfg.video
     f, h, w = int(v.num_frames), int(v.height), int(v.width)
     stage.vae.check_video_size(f, h, w, key="video")
@@ -95,13 +95,10 @@ def make_generate(cfg: DictConfig, suite: Suite):
     extra = {"model": cfg.model.get("name"), "lora": None if cfg.lora is None else str(cfg.lora),
              "sampler": sampler.to_dict()}
     if factored:
-        image_sampler = sampler_from_config(image_cfg.sampler, image_cfg.lora, "image_stage.sampler")
-        image_stage = load_stage(image_cfg.model, image_sampler, device, lora=image_cfg.lora, key="image_stage.model",
-                                 lora_key="image_stage.lora")
-        image_stage.vae.check_video_size(1, h, w, key="video")
+        image_stage = load_image_stage(cfg)
         extra["image_stage"] = {"model": image_cfg.model.get("name"),
                                 "lora": None if image_cfg.lora is None else str(image_cfg.lora),
-                                "sampler": image_sampler.to_dict()}
+                                "sampler": image_stage.sampler.to_dict()}
 
         def generate(item: Item) -> torch.Tensor:
             return t2i2v(image_stage, stage, [item.model_prompt], item.seed, f, h, w, cfg.negative_prompt)[0].cpu()
