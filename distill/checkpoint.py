@@ -168,7 +168,9 @@ class RunDir:
 
     def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizers: dict, keep: int,
                         loop_state: dict | None = None) -> Path | None:
-        """Write checkpoint ``step``; a model holding a non-finite weight is not written (None)."""
+        """Write checkpoint ``step``; a model holding a non-finite weight is not written (None).
+        ``optimizers``: group -> optimizer, or group -> its full ``state_dict`` (what a sharded run
+        gathered on every process, distill.fsdp.full_optimizer_state)."""
         bad = nonfinite_parameters(denoiser, objective)
         if bad:
             warnings.warn(f"step {step}: not writing a checkpoint, {len(bad)} trained tensors hold non-finite "
@@ -180,7 +182,7 @@ class RunDir:
                 save_lora(denoiser, name, tmp / name)
             torch.save({"step": step,
                         "objective": objective.extra_state(),
-                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "optimizers": {k: o if isinstance(o, dict) else o.state_dict() for k, o in optimizers.items()},
                         "loop": loop_state or {},
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -189,8 +191,10 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
-    def load_latest(self, denoiser: Denoiser, objective, optimizers: dict) -> tuple[int, dict]:
-        """Restore the newest checkpoint; returns (its step, the loop's own state)."""
+    def load_latest(self, denoiser: Denoiser, objective) -> tuple[int, dict, dict]:
+        """Restore the newest checkpoint's adapters, objective state and RNG; returns (its step, the
+        loop's own state, group -> optimizer ``state_dict``: loaded by the caller once its
+        optimizers exist, which for a sharded run is after the sharding)."""
         folder = self.latest()
         path = folder / "training_state.pt"
         try:  # tensors, numbers, strings and containers only: a crafted pickle is refused, never run
@@ -201,12 +205,10 @@ class RunDir:
         for name in denoiser.adapters:
             load_lora(denoiser, name, folder / name)
         objective.load_extra_state(state["objective"])
-        for k, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][k])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        return int(state["step"]), dict(state.get("loop", {}))
+        return int(state["step"]), dict(state.get("loop", {})), state["optimizers"]
 
     # --- metrics, config, report ---------------------------------------------------------------------
     def append_metrics(self, metrics: dict) -> None:

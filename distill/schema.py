@@ -43,6 +43,7 @@ TRAIN = {
         "max_nonfinite_steps": positive_int(),
         "num_workers": NON_NEGATIVE_INT,
         "gradient_checkpointing": BOOL,
+        "fsdp": BOOL,
     }),
     "samples": Section({
         "prompts": Rule((list,), lambda v: len(v) > 0 and all(isinstance(p, str) and p.strip() for p in v),
@@ -60,7 +61,7 @@ TRAIN = {
 # Keys whose change on resume=true leaves the trained function the same (how long, how often,
 # what is written at the end); any other changed key is refused unless named in resume_allow.
 RESUME_FREE = ("resume", "overwrite", "resume_allow", "device", "tracker", "student.export", "train.steps", "train.checkpoint_every",
-               "train.keep_checkpoints", "train.max_nonfinite_steps", "train.num_workers", "train.gradient_checkpointing", "samples", "eval", "data.verify",
+               "train.keep_checkpoints", "train.max_nonfinite_steps", "train.num_workers", "train.gradient_checkpointing", "train.fsdp", "samples", "eval", "data.verify",
                "data.max_skip_fraction")
 
 __all__ = ["ANY", "RESUME_FREE", "TRAIN"]

@@ -28,10 +28,12 @@ from pathlib import Path
 import hydra
 import torch
 from accelerate import Accelerator
+from torch.distributed.tensor import DTensor
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from distill import fsdp
 from distill.checkpoint import RunDir, TrainingStopped, flatten
 from distill.data import StepBatches, step_loader
 from distill.feedback import RewardFeedback
@@ -135,14 +137,25 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
                           f"but data ({type(dataset).__name__}) gives prompts only")
 
-    optimizers = make_optimizers(objective, accelerator)
     bench = None if cfg.get("eval") is None else build(cfg.eval, "eval")
     if i2v is not None and bench is not None and not hasattr(bench, "first_frames"):
         raise ConfigError(f"eval: an I2V model (model.i2v) animates first frames, and {type(bench).__name__} gives "
                           f"none (it has no first_frames(prompts)): run it with eval=null")
+    resumed = out.load_latest(denoiser, objective) if resume else None  # into plain tensors: before sharding
+    if cfg.train.fsdp:
+        if objective.name == "diffusion" or cfg.precision == "fp16":
+            raise ConfigError(f"train.fsdp=true shards a frozen base under LoRA training with precision=no|bf16; "
+                              f"found objective={objective.name}, precision={cfg.precision}")
+        if accelerator.num_processes > 1:
+            fsdp.shard(denoiser, cfg.base_dtype)
+        else:
+            print("train.fsdp=true on one process: nothing to shard over, the base stays whole", flush=True)
+    optimizers = make_optimizers(objective, accelerator)
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v, bench=bench)
-    if resume:
-        run.step, loop = out.load_latest(denoiser, objective, optimizers)
+    if resumed:
+        run.step, loop, states = resumed
+        for k, opt in optimizers.items():
+            fsdp.load_optimizer_state(opt, states[k])
         run.bad_items = {int(k): v for k, v in loop.get("bad_items", {}).items()}
         run.nonfinite, run.nonfinite_in_a_row = int(loop.get("nonfinite", 0)), int(loop.get("nonfinite_in_a_row", 0))
         run.history = out.read_metrics(upto=run.step)
@@ -230,13 +243,15 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
     total = losses.total()
     accelerator.backward(total)
     # The objectives call the denoiser many times per step in several roles, which does not fit
-    # DDP's one-forward contract, so gradients are averaged explicitly (a no-op on one process).
+    # DDP's one-forward contract, so gradients are averaged explicitly (a no-op on one process;
+    # under train.fsdp=true FSDP already averaged the sharded ones)
     if accelerator.num_processes > 1:
-        for p in params:
-            if p.grad is not None:
-                p.grad = accelerator.reduce(p.grad, reduction="mean")
-    # accelerate's clip unscales fp16 gradients first (clipping scaled ones would clip nothing)
-    norm = accelerator.clip_grad_norm_(params, objective.optim[group]["grad_clip"])
+        fsdp.average_gradients(params, accelerator)
+    clip = objective.optim[group]["grad_clip"]
+    if any(isinstance(p, DTensor) for p in params):  # sharded (train.fsdp=true)
+        norm = fsdp.clip_grad_norm_(params, clip)
+    else:  # accelerate's clip unscales fp16 gradients first (clipping scaled ones would clip nothing)
+        norm = accelerator.clip_grad_norm_(params, clip)
     loss, norm = float(_mean_over_processes(accelerator, total)), float(norm)
     finite = math.isfinite(loss) and math.isfinite(norm)
     if finite or accelerator.scaler is not None:  # fp16: the grad scaler itself skips inf steps
@@ -294,14 +309,18 @@ def train(run: Run) -> None:
         metrics["sec"] = round(time.perf_counter() - t0, 4)
         run.step = step + 1
         run.history.append(metrics)
-        every = getattr(run.bench, "every", 0)
-        if every and run.step % every == 0 and run.accelerator.is_main_process and run.objective.student is not None:
-            student = list(stages(run).values())[-1]
-            metrics.update({f"val/{k}": v for k, v in run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
-        if run.cfg.samples.every and run.step % run.cfg.samples.every == 0 and \
-                run.accelerator.is_main_process and run.objective.student is not None:
-            validation_samples(run)
-        if run.accelerator.is_main_process:
+        every, main = getattr(run.bench, "every", 0), run.accelerator.is_main_process
+        probe = every and run.step % every == 0 and run.objective.student is not None
+        samples = run.cfg.samples.every and run.step % run.cfg.samples.every == 0 and run.objective.student is not None
+        if probe or samples:
+            with fsdp.gathered(run.denoiser, run.accelerator):  # the main process samples alone
+                if main and probe:
+                    student = list(stages(run).values())[-1]
+                    metrics.update({f"val/{k}": v for k, v in
+                                    run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
+                if main and samples:
+                    validation_samples(run)
+        if main:
             run.out.append_metrics(metrics)
             if run.accelerator.trackers:
                 run.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=run.step)
@@ -314,9 +333,19 @@ def train(run: Run) -> None:
                                   f"non-finite loss or gradient, train.max_nonfinite_steps={cfg.max_nonfinite_steps}; "
                                   f"stopped without DONE, last good checkpoint: {last or 'none'} "
                                   f"(lower objective.optim.*.lr?)")
-        if run.accelerator.is_main_process and (run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps):
-            run.out.save_checkpoint(run.step, run.denoiser, run.objective, run.optimizers, keep=cfg.keep_checkpoints,
-                                    loop_state=run.loop_state())
+        if run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps:
+            save_checkpoint(run)
+
+
+def save_checkpoint(run: Run) -> None:
+    """The main process writes the checkpoint; a sharded run first gathers it on every process."""
+    optimizers = run.optimizers
+    if fsdp.is_sharded(run.denoiser):
+        optimizers = {k: fsdp.full_optimizer_state(o) for k, o in optimizers.items()}
+    with fsdp.gathered(run.denoiser, run.accelerator):
+        if run.accelerator.is_main_process:
+            run.out.save_checkpoint(run.step, run.denoiser, run.objective, optimizers,
+                                    keep=run.cfg.train.keep_checkpoints, loop_state=run.loop_state())
             plot_curves(run.history, run.out.path / "curves.png")
 
 
@@ -326,7 +355,8 @@ def run_training(cfg: DictConfig, run_dir: Path) -> Run:
     try:
         run = setup(cfg, run_dir)
         train(run)
-        finish(run)
+        with fsdp.gathered(run.denoiser, run.accelerator):  # the main process finishes alone
+            finish(run)
         run.accelerator.end_training()  # flushes and closes the trackers
     finally:
         out.unlock()

@@ -58,7 +58,7 @@ def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
     """Write ``adapter`` to ``folder`` atomically; returns the folder."""
     prefix = denoiser.spec.lora_prefix
     state = get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter)
-    state = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in state.items()}
+    state = {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in state.items()}  # a copy: gathered (FSDP) weights are views of one buffer
     config = denoiser.backbone.peft_config[adapter].to_dict()
     # diffusers' pipelines (load_lora_weights) read only the metadata keys under the component's
     # prefix ("transformer.r", ...), the layout its own savers write
