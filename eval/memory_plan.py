@@ -3,7 +3,7 @@
 What each GPU holds while an objective trains a LoRA student of a real model, computed on the meta
 device (no weights, no memory) from the model config's ``arch:`` node:
 
-- the frozen base, bf16, fully sharded over the GPUs (FSDP), plus the two layers being gathered
+- the frozen base, bf16, fully sharded over the GPUs (FSDP: ``train.fsdp=true``), plus the two layers being gathered
   (the current one and the prefetched next);
 - the adapters: the student (and DMD2 / W2S's critic) LoRA in fp32 with its gradient and AdamW's
   two moments (16 bytes per parameter), CD's EMA target as a fp32 copy; replicated (they are small);

@@ -86,8 +86,9 @@ def _shares(out: str) -> list[float]:
     return [float(line.rsplit("(", 1)[1].rstrip(")")) for line in out.splitlines() if line.startswith("fsdp: process")]
 
 
-def test_fsdp_shards_the_base_and_trains_what_one_process_does(tmp_path, single):
-    out = launch(tmp_path / "fsdp", "train.steps=4", "train.fsdp=true")
+@pytest.mark.parametrize("extra", [[], ["train.gradient_checkpointing=true"]], ids=["plain", "checkpointed"])
+def test_fsdp_shards_the_base_and_trains_what_one_process_does(tmp_path, single, extra):
+    out = launch(tmp_path / "fsdp", "train.steps=4", "train.fsdp=true", *extra)
     shares = _shares(out)
     assert len(shares) == 2 and all(0.45 < s < 0.55 for s in shares), shares  # each rank holds half
     assert out.count("run directory:") == 2
