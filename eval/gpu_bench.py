@@ -9,23 +9,26 @@ printed and appended to ``--out`` under a heading with the date and the device n
 2. the transformer's forward + backward: FLOPs counted by ``torch.utils.flop_counter`` on the same
    input, seconds (median), achieved TFLOP/s and MFU against ``--peak-tflops`` (989: H100 / H200 SXM
    dense bf16);
-3. one training step (the second; the first allocates optimizer state) of CD and of DMD2, seconds and
-   peak allocated memory, and DMD2 with two extra copies of the base (the three-copies layout);
-4. the weights in bf16 against int8 (optimum-quanto).
+3. one training step (the second; the first allocates optimizer state) of CD, of CD + reward
+   feedback (HPSv2's ViT-H-14 on 5 decoded frames, the Wan VAE's partial decode) and of DMD2,
+   seconds and peak allocated memory, and DMD2 with two extra copies of the base (the
+   three-copies layout) (eval.objective_bench.training_step);
+4. the 4-step student's sliding-window video (3 windows of 81 frames, 5 latent frames of overlap,
+   decoded and written): seconds of video per wall second;
+5. the weights in bf16 against int8 (optimum-quanto).
 
-``--size tiny --device cpu`` runs the same code on a small network (the test does). Not measured here
-yet: CD + reward feedback, and the sliding-window video's seconds of video per second.
+``--size tiny --device cpu`` runs the same code on a small network (the test does).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import time
 
 import torch
 
+from eval.objective_bench import training_step
 from eval.speed import SIZES, _sync, run as sampling_speed, time_per_video
 
 LATENT = {"tiny": (16, 5, 16, 16), "wan1.3b": (16, 21, 60, 104)}
@@ -47,9 +50,7 @@ def _denoiser(size: str, device: torch.device, dtype: torch.dtype):
 
 
 def decode_seconds(size: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
-    from diffusers import AutoencoderKLWan
-
-    vae = AutoencoderKLWan(**VAE[size]).to(device, dtype).eval()
+    vae = _wan_vae(size).to(device, dtype)
     z = torch.randn(1, *LATENT[size], device=device, dtype=dtype)
     with torch.no_grad():
         return time_per_video(lambda: vae.decode(z), device, repeats)
@@ -75,40 +76,58 @@ def forward_backward(size: str, device: torch.device, dtype: torch.dtype, repeat
     return {"flops": counter.get_total_flops(), "seconds": seconds}
 
 
-def training_step(objective: str, size: str, device: torch.device, dtype: torch.dtype, copies: int = 0) -> dict:
-    from accelerate import Accelerator
+def feedback_reward(size: str, device: torch.device, dtype: torch.dtype):
+    """T2V-Turbo's image-text term at its real size (HPSv2's ViT-H-14, random weights, 5 frames), or
+    the tiny open_clip model for ``--size tiny``; and the Wan VAE that decodes the frames it scores."""
+    import open_clip
 
-    from distill.objectives.base import Batch, group_loss
-    from distill.objectives.cd import ConsistencyDistillation
-    from distill.objectives.dmd2 import DMD2
-    from distill.train import make_optimizers, optimise
+    from rewards.hpsv2 import HPSv2Reward, hpsv2_model, tiny_hpsv2_reward
+    from rewards.mixture import MixedReward, RewardTerm
+    from turbo.vae import VideoVAE
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    if size == "tiny":
+        reward = tiny_hpsv2_reward(seed=0, image_size=32)
+    else:
+        reward = HPSv2Reward(hpsv2_model("ViT-H-14"), open_clip.get_tokenizer("ViT-H-14"), image_size=224)
+    reward = reward.to(device, dtype)
+    vae = VideoVAE(_wan_vae(size)).to(device, dtype)
+    return MixedReward([RewardTerm("hpsv2", reward, 1.0, num_frames=5)]), vae
+
+
+def _wan_vae(size: str):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**VAE[size]).eval()
+
+
+def long_video(size: str, device: torch.device, dtype: torch.dtype, windows: int = 3) -> dict:
+    """Seconds of video per wall second of the 4-step student's sliding-window video: ``windows``
+    windows of the latent's length (81 frames at Wan's 16 fps for wan1.3b), 5 latent frames of
+    overlap, each decoded and streamed to an mp4 (turbo.long_video.generate_long); one warm-up window."""
+    import tempfile
+
+    from turbo.long_video import generate_long
+    from turbo.sampling import Sampler
+    from turbo.vae import VideoVAE
+    from turbo.video import VideoWriter
+
     d, cond = _denoiser(size, device, dtype)
-    d.add_adapter("student", 64, 64, ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
-    d.to(device)
-    extra = [copy.deepcopy(d.backbone) for _ in range(copies)]
-    obj = {"cd": lambda: ConsistencyDistillation(d), "dmd2": lambda: DMD2(d, dfake_gen_update_ratio=1)}[objective]()
-    d.to(device)
-    acc = Accelerator(cpu=device.type == "cpu")
-    opts = make_optimizers(obj, acc)
-    uncond = cond.replace(embeds=torch.zeros_like(cond.embeds))
-    shape = LATENT[size]
-    batch = Batch(["p"], cond, uncond, shape, torch.randn(1, *shape, device=device, dtype=dtype))
-    g = torch.Generator().manual_seed(0)
-    seconds = []
-    for step in range(2):
-        t0 = time.perf_counter()
-        with acc.autocast():
-            for group in obj.updates(step):
-                optimise(obj, opts, acc, group, group_loss(obj, group, batch, step, g), {})
+    vae = VideoVAE(_wan_vae(size)).to(device, dtype)
+    _, frames, h, w = LATENT[size]
+    overlap = min(5, frames - 1)
+    kw = dict(window_latent_frames=frames, overlap=overlap, sampler=Sampler("consistency", steps=4, grid_steps=50),
+              height=h * 8, width=w * 8)
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        with VideoWriter(f"{tmp}/warm.mp4", fps=16) as writer:
+            generate_long(d, vae, cond, None, num_windows=1, generator=torch.Generator().manual_seed(0), writer=writer, **kw)
         _sync(device)
-        seconds.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    assert len(extra) == copies
-    return {"seconds": seconds[-1], "peak_gib": peak}
+        t0 = time.perf_counter()
+        with VideoWriter(f"{tmp}/long.mp4", fps=16) as writer:
+            written = generate_long(d, vae, cond, None, num_windows=windows, generator=torch.Generator().manual_seed(0),
+                                    writer=writer, **kw)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return {"frames": written, "seconds": seconds, "video_per_wall": written / 16 / seconds}
 
 
 def bench(size: str, device: str, repeats: int, peak_tflops: float) -> str:
@@ -119,8 +138,13 @@ def bench(size: str, device: str, repeats: int, peak_tflops: float) -> str:
     teacher, student = speed["teacher_s"] + decode, speed["student_s"] + decode
     fb = forward_backward(size, dev, dtype, repeats)
     tflops = fb["flops"] / fb["seconds"] / 1e12
-    steps = {k: training_step(o, size, dev, dtype, c) for k, (o, c) in
-             {"cd": ("cd", 0), "dmd2": ("dmd2", 0), "dmd2, three copies": ("dmd2", 2)}.items()}
+    arch, shape = SIZES[size][0], LATENT[size]
+    reward, vae = feedback_reward(size, dev, dtype)
+    arms = {"cd": ("cd", 0, None), "cd + reward feedback (HPSv2, 5 frames)": ("cd", 0, reward),
+            "dmd2": ("dmd2", 0, None), "dmd2, three copies": ("dmd2", 2, None)}
+    steps = {k: training_step(o, arch, shape, dev, dtype, copies=c, rank=64, reward=r, vae=vae)
+             for k, (o, c, r) in arms.items()}
+    long = long_video(size, dev, dtype)
     int8 = "n/a (pip install 'turbo[quant]')" if speed["int8_mb"] is None else f"{speed['int8_mb']:.0f} MB"
     lines = [f"### GPU benchmark — `python -m eval.gpu_bench --size {size}` ({datetime.date.today()}, {name})", "",
              f"Wan2.1 architecture ({speed['params_m']:.0f} M parameters, random weights), bf16, latent "
@@ -135,9 +159,13 @@ def bench(size: str, device: str, repeats: int, peak_tflops: float) -> str:
     for k, r in steps.items():
         peak = "n/a on CPU" if dev.type == "cpu" else f"{r['peak_gib']:.1f} GiB"
         lines.append(f"| training step, {k} (LoRA rank 64) | {r['seconds']:.3f} s, peak {peak} |")
+    fed = steps["cd + reward feedback (HPSv2, 5 frames)"]["seconds"] / steps["cd"]["seconds"]
+    lines.append(f"| reward feedback's cost | {100 * (fed - 1):+.0f} % step time over CD |")
     shared, three = steps["dmd2"]["peak_gib"], steps["dmd2, three copies"]["peak_gib"]
     ratio = "n/a on CPU" if dev.type == "cpu" else f"{shared / three:.2f}x peak memory"
     lines += [f"| DMD2 shared base / three copies | {ratio} |",
+              f"| sliding-window video, 4-step student, {long['frames']} frames at 16 fps | "
+              f"{long['video_per_wall']:.2f} s of video per wall second ({long['seconds']:.1f} s) |",
               f"| weights bf16 / int8 | {speed['bf16_mb']:.0f} MB / {int8} |"]
     return "\n".join(lines)
 

@@ -33,44 +33,75 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
-    """Build, run one warm-up and one timed step; return peak MB above baseline and step seconds."""
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
+
+
+def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, *,
+                  copies: int = 0, rank: int = 8, batch: int = 1, reward=None, vae=None) -> dict:
+    """One warm-up and one timed training step of ``objective`` ("cd" | "dmd2" | "w2s") on a
+    random Wan backbone of ``arch`` (latent ``shape`` C,F,H,W), a LoRA student of ``rank``;
+    ``copies`` extra deep copies of the base held alive (the three-copies layout); ``reward`` (a
+    ``MixedReward``) with ``vae`` (a ``VideoVAE``): reward feedback on the student's x0, as
+    turbo-train adds it. Returns the step's seconds, peak CUDA memory (GiB, NaN on CPU) and the
+    base's parameter count. The one training-step measurement of eval.objective_bench and eval.gpu_bench."""
     from accelerate import Accelerator
 
+    from distill.feedback import RewardFeedback
     from distill.objectives.base import Batch, group_loss
     from distill.objectives.cd import ConsistencyDistillation
     from distill.objectives.dmd2 import DMD2
     from distill.objectives.w2s import W2S
     from distill.train import make_optimizers, optimise
+    from eval.speed import _sync
     from turbo.denoiser import Denoiser
-    from turbo.models import tiny_text_encoder, tiny_wan
+    from turbo.models import tiny_wan
     from turbo.schedule import FlowSchedule
+    from turbo.text import TextCond
 
-    torch.set_num_threads(2)
-    text = tiny_text_encoder(seed=0)
-    cond, uncond = text(["a red circle moving left"] * batch), text([""] * batch)
-    base_mb = _rss_mb()
-    kwargs, shape = SIZES[size]
-    d = Denoiser(tiny_wan(seed=0, **kwargs), FlowSchedule(), "wan")
-    d.add_adapter("student", 8, 8, ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"])
-    copies = [copy.deepcopy(d.backbone) for _ in range(2)] if layout == "copies" else []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    d = Denoiser(tiny_wan(seed=0, **arch), FlowSchedule(shift=5.0), "wan").to(device, dtype)
+    d.add_adapter("student", rank, rank, TARGETS)
+    extra = [copy.deepcopy(d.backbone) for _ in range(copies)]
     obj = {"cd": lambda: ConsistencyDistillation(d), "dmd2": lambda: DMD2(d, dfake_gen_update_ratio=1),
            "w2s": lambda: W2S(d, dfake_gen_update_ratio=1)}[objective]()
-    acc = Accelerator(cpu=True)
+    d.to(device)
+    acc = Accelerator(cpu=device.type == "cpu")
     opts = make_optimizers(obj, acc)
-    b = Batch(["p"] * batch, cond, uncond, shape, torch.randn(batch, *shape))
+    embeds = torch.randn(batch, 64, arch["text_dim"], device=device, dtype=dtype)
+    cond = TextCond(embeds, torch.ones(batch, 64, dtype=torch.long, device=device))
+    uncond = cond.replace(embeds=torch.zeros_like(embeds))
+    b = Batch(["a red circle moving left"] * batch, cond, uncond, shape,
+              torch.randn(batch, *shape, device=device, dtype=dtype))
+    feedback = None if reward is None else RewardFeedback(reward.to(device), vae.to(device))
     g = torch.Generator().manual_seed(0)
-    times = []
+    seconds = []
     for step in range(2):  # the first step allocates optimizer state: time the second
         t0 = time.perf_counter()
-        for group in obj.updates(step):
-            optimise(obj, opts, acc, group, group_loss(obj, group, b, step, g), {})
-        times.append(time.perf_counter() - t0)
+        with acc.autocast():
+            for group in obj.updates(step):
+                losses = group_loss(obj, group, b, step, g)
+                if feedback is not None and losses.x0 is not None:
+                    losses.terms.update(feedback(losses.x0.to(dtype), b.prompts, g).terms)
+                optimise(obj, opts, acc, group, losses, {})
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+    assert len(extra) == copies  # the copies stayed alive through the steps
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     base = sum(p.numel() for n, p in d.backbone.named_parameters() if "lora_" not in n)
-    peak = _rss_mb() - base_mb
-    assert len(copies) == (2 if layout == "copies" else 0)  # the copies stayed alive through the steps
-    return {"objective": objective, "size": size, "layout": layout, "peak_mb": peak,
-            "step_sec": times[-1], "base_params_m": base / 1e6}
+    return {"seconds": seconds[-1], "peak_gib": peak, "base_params_m": base / 1e6}
+
+
+def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
+    """One step on CPU in this process: peak MB of resident memory above the start, step seconds."""
+    torch.set_num_threads(2)
+    base_mb = _rss_mb()
+    arch, shape = SIZES[size]
+    r = training_step(objective, arch, shape, torch.device("cpu"), torch.float32,
+                      copies=2 if layout == "copies" else 0, batch=batch)
+    return {"objective": objective, "size": size, "layout": layout, "peak_mb": _rss_mb() - base_mb,
+            "step_sec": r["seconds"], "base_params_m": r["base_params_m"]}
 
 
 def _subprocess(objective: str, size: str, layout: str) -> dict:

@@ -96,13 +96,14 @@ class VideoVAE(nn.Module):
         return z / self.scaling_factor + self.shift_factor if self.shift_factor else z / self.scaling_factor
 
     def _decode(self, z: Tensor) -> Tensor:
+        dtype = next(self.vae.parameters()).dtype  # float32 latents into a bf16 VAE
         if self.per_channel:
-            x = self.vae.decode(z * self.std + self.mean).sample  # B,3,F,H,W
+            x = self.vae.decode((z * self.std + self.mean).to(dtype)).sample  # B,3,F,H,W
         elif self.video_vae:
-            x = self.vae.decode(self._unscale(z)).sample  # B,3,F,H,W
+            x = self.vae.decode(self._unscale(z).to(dtype)).sample  # B,3,F,H,W
         else:
             b, _, f = z.shape[:3]
-            x = self.vae.decode(self._unscale(z.transpose(1, 2).flatten(0, 1))).sample
+            x = self.vae.decode(self._unscale(z.transpose(1, 2).flatten(0, 1)).to(dtype)).sample
             x = x.unflatten(0, (b, f)).transpose(1, 2)
         return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 1, 3, 4)  # B,F,3,H,W in [0,1]
 

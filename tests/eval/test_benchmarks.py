@@ -47,5 +47,9 @@ def test_the_gpu_benchmark_runs_its_code_on_a_cpu_and_appends_its_rows(tmp_path)
             if line.startswith("| ") and "---" not in line}
     ratio, bound = rows["teacher / student"].split("x (NFE bound ")
     assert 1 < float(ratio) <= float(bound.split("x")[0]) * 1.1  # what the network evaluations allow
-    assert {"training step, cd (LoRA rank 64)", "training step, dmd2, three copies (LoRA rank 64)"} <= set(rows)
+    assert {"training step, cd (LoRA rank 64)", "training step, dmd2, three copies (LoRA rank 64)",
+            "training step, cd + reward feedback (HPSv2, 5 frames) (LoRA rank 64)"} <= set(rows)
+    assert rows["reward feedback's cost"].endswith("% step time over CD")
+    video = next(v for k, v in rows.items() if k.startswith("sliding-window video"))
+    assert float(video.split(" s of video")[0]) > 0
     assert "% MFU of 989" in rows["transformer forward + backward (full backward)"]
