@@ -81,12 +81,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"image={cfg.image} is read by mode=i2v only, found mode={mode} "
                           f"(t2i2v makes its first frame with image_stage.model)")
     if mode == "t2i2v":
-        stage = cfg.image_stage
-        if stage.model.get("i2v") is not None:
-            raise ConfigError(f"image_stage.model={stage.model.get('name', '?')} is an image-to-video model: the "
-                              f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
-        check_lora_folder(stage.lora, "image_stage.lora")
-        sampler_from_config(stage.sampler, stage.lora, "image_stage.sampler")
+        check_image_stage(cfg.image_stage)
     if cfg.long.windows > 1:
         if mode != "t2v":
             raise ConfigError(f"long.windows={cfg.long.windows} (sliding-window videos) is for mode=t2v only, "
@@ -94,6 +89,16 @@ def check_config(cfg: DictConfig) -> None:
         if sampler.name == "teacher" and sampler.grid != "index":
             raise ConfigError(f"long.windows > 1 samples on the index grid: set sampler.teacher.grid=index, "
                               f"found {sampler.grid}")
+
+
+def check_image_stage(stage: DictConfig) -> None:
+    """The factored pipeline's first-frame stage (turbo-generate mode=t2i2v, turbo-eval
+    image_stage.model): a text-to-image or text-to-video model, its LoRA folder and sampler."""
+    if stage.model.get("i2v") is not None:
+        raise ConfigError(f"image_stage.model={stage.model.get('name', '?')} is an image-to-video model: the "
+                          f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
+    check_lora_folder(stage.lora, "image_stage.lora")
+    sampler_from_config(stage.sampler, stage.lora, "image_stage.sampler")
 
 
 def prompts_of(cfg: DictConfig) -> list[str]:

@@ -64,7 +64,7 @@ def build_suite(cfg: DictConfig) -> Suite:
 def make_generate(cfg: DictConfig, suite: Suite):
     """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler;
     with ``image_stage.model`` set, the factored pipeline (its first frame, then the I2V ``model``)."""
-    from turbo.generate import load_image_stage, resolve_device
+    from turbo.generate import check_image_stage, load_image_stage, resolve_device
     from turbo.i2v import load_image
     from turbo.pipeline import load_stage, sampler_from_config, t2i2v
 
@@ -83,9 +83,7 @@ def make_generate(cfg: DictConfig, suite: Suite):
                               f"image-to-video model (one with model.i2v), found model={name}")
         if suite.name == "vbench_i2v":
             raise ConfigError("suite=vbench_i2v gives every video its first frame: unset image_stage.model")
-        if image_cfg.model.get("i2v") is not None:
-            raise ConfigError(f"image_stage.model={image_cfg.model.get('name', '?')} is an image-to-video model: the "
-                              f"image stage makes the first frame from text (a text-to-image or text-to-video model)")
+        check_image_stage(image_cfg)
     if suite.name == "vbench_i2v" and not is_i2v:
         raise ConfigError(f"suite=vbench_i2v needs an image-to-video model (one with model.i2v), found model={name}")
     if suite.name in ("vbench", "evalcrafter") and is_i2v and not factored:

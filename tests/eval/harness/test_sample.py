@@ -203,6 +203,11 @@ def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
     assert row["image_stage"]["model"] == "toy_t2i" and row["image_stage"]["sampler"]["steps"] == 2
     with pytest.raises(ConfigError, match="model must then be an image-to-video model"):
         app.make_generate(cfg_for(["+model@image_stage.model=toy_t2i"]), build_suite(cfg_for([])))
+    with pytest.raises(ConfigError, match="image_stage.model=toy_i2v is an image-to-video model: the image stage"):
+        app.make_generate(cfg_for(["model=toy_i2v", "+model@image_stage.model=toy_i2v"]), build_suite(cfg_for([])))
+    with pytest.raises(FileNotFoundError, match="image_stage.lora=.*: no such folder"):  # turbo-generate's t2i2v checks
+        app.make_generate(cfg_for(["model=toy_i2v", "+model@image_stage.model=toy_t2i",
+                                   f"image_stage.lora={tmp_path / 'missing'}"]), build_suite(cfg_for([])))
     with pytest.raises(ConfigError, match="set \\+model@image_stage.model"):
         (tmp_path / "ec_prompts").mkdir()
         (tmp_path / "ec_prompts" / "prompt700.txt").write_text("a red circle moving right\n" * 700)
