@@ -305,3 +305,14 @@ def nonfinite_parameters(denoiser: Denoiser, objective) -> list[str]:
     named = [(n, p) for n, p in denoiser.named_parameters() if p.requires_grad]
     named += [(f"objective.{k}", v) for k, v in objective.extra_state().items() if torch.is_tensor(v)]
     return [n for n, p in named if p.is_floating_point() and not torch.isfinite(p).all()]
+
+
+def app_defaults() -> dict:
+    """turbo-train's own values of its plain keys (conf/train.yaml, flat), for runs made before a key
+    existed (``RunDir.check_resume_config``'s ``defaults``)."""
+    import conf
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(conf.__file__).parent / "train.yaml")
+    return {k: v for k, v in flatten(OmegaConf.to_container(node, resolve=False)).items()
+            if not isinstance(v, str) or "${" not in v}

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig
 
+from distill import fsdp
 from distill.checkpoint import TrainingStopped, nonfinite_parameters
 from distill.data import collate
 from turbo.export import MERGED_DIR, save_merged, save_original_keys
@@ -129,6 +130,24 @@ def validation_samples(run: Run) -> list:
         images = first if tracker.name == "tensorboard" else list(first.transpose(0, 2, 3, 1))
         tracker.log_images({"samples/first_frames": images}, step=run.step)
     return files
+
+
+def validate(run: Run) -> dict:
+    """During training: every ``eval.every`` steps the validation probe (its ``val/*`` metrics,
+    returned), every ``samples.every`` steps the student's samples; on the main process alone
+    (a sharded base gathered for it on every process)."""
+    every, student = getattr(run.bench, "every", 0), run.objective.student
+    probe = every and run.step % every == 0 and student is not None
+    samples = run.cfg.samples.every and run.step % run.cfg.samples.every == 0 and student is not None
+    metrics = {}
+    if probe or samples:
+        with fsdp.gathered(run.denoiser, run.accelerator):
+            if run.accelerator.is_main_process and probe:
+                stage = list(stages(run).values())[-1]
+                metrics = {f"val/{k}": v for k, v in run.bench.probe(videos_of(stage, run.cfg.video, run.bench)).items()}
+            if run.accelerator.is_main_process and samples:
+                validation_samples(run)
+    return metrics
 
 
 def save_student(run: Run, adapter: str, sampler: Sampler) -> None:

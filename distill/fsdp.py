@@ -43,9 +43,16 @@ def blocks(backbone: nn.Module) -> list[nn.Module]:
     return found
 
 
-def shard(denoiser: Denoiser, base_dtype: str) -> None:
-    """Shard ``denoiser.backbone`` in place (after the objective added its adapters, before the
-    optimizers are made: FSDP replaces the parameters by sharded ones)."""
+def shard(denoiser: Denoiser, cfg, objective: str, processes: int) -> None:
+    """``train.fsdp=true``: shard ``denoiser.backbone`` in place (after the objective added its
+    adapters, before the optimizers are made: FSDP replaces the parameters by sharded ones)."""
+    if objective == "diffusion" or cfg.precision == "fp16":
+        raise ConfigError(f"train.fsdp=true shards a frozen base under LoRA training with precision=no|bf16; "
+                          f"found objective={objective}, precision={cfg.precision}")
+    if processes == 1:
+        print("train.fsdp=true on one process: nothing to shard over, the base stays whole", flush=True)
+        return
+    base_dtype = cfg.base_dtype
     if base_dtype == "float8":
         raise ConfigError("train.fsdp=true with base_dtype=float8: diffusers' layerwise casting and FSDP's "
                           "all-gather do not compose; use base_dtype=bfloat16")
@@ -119,10 +126,13 @@ def average_gradients(params: list[nn.Parameter], accelerator) -> None:
             p.grad = accelerator.reduce(p.grad, reduction="mean")
 
 
-def clip_grad_norm_(params: list[nn.Parameter], max_norm: float) -> Tensor:
-    """torch's ``clip_grad_norm_`` for a group mixing sharded (DTensor) and plain gradients, which
-    its fused kernels refuse: the global 2-norm (a sharded gradient's norm is reduced over its
-    shards), then every gradient scaled by ``min(1, max_norm / norm)``."""
+def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, accelerator) -> Tensor:
+    """Clip a group's gradients to ``max_norm``; returns their global 2-norm. Unsharded: accelerate's
+    (which unscales fp16 gradients first). Sharded: torch's fused kernels refuse a group mixing
+    DTensor and plain gradients, so by hand: the global norm (a sharded gradient's norm reduced over
+    its shards), then every gradient scaled by ``min(1, max_norm / norm)``."""
+    if not any(isinstance(p, DTensor) for p in params):
+        return accelerator.clip_grad_norm_(params, max_norm)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.tensor(0.0)

@@ -28,16 +28,15 @@ from pathlib import Path
 import hydra
 import torch
 from accelerate import Accelerator
-from torch.distributed.tensor import DTensor
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from distill import fsdp
-from distill.checkpoint import RunDir, TrainingStopped, flatten
+from distill.checkpoint import RunDir, TrainingStopped, app_defaults, flatten
 from distill.data import StepBatches, step_loader
 from distill.feedback import RewardFeedback
-from distill.finish import finish, stages, validation_samples, videos_of  # noqa: F401 (stages: the end-of-run Stages, for tests)
+from distill.finish import finish, stages, validate  # noqa: F401 (stages: the end-of-run Stages, for tests)
 from distill.objectives.base import Batch, Objective, group_loss
 from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
@@ -143,13 +142,7 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                           f"none (it has no first_frames(prompts)): run it with eval=null")
     resumed = out.load_latest(denoiser, objective) if resume else None  # into plain tensors: before sharding
     if cfg.train.fsdp:
-        if objective.name == "diffusion" or cfg.precision == "fp16":
-            raise ConfigError(f"train.fsdp=true shards a frozen base under LoRA training with precision=no|bf16; "
-                              f"found objective={objective.name}, precision={cfg.precision}")
-        if accelerator.num_processes > 1:
-            fsdp.shard(denoiser, cfg.base_dtype)
-        else:
-            print("train.fsdp=true on one process: nothing to shard over, the base stays whole", flush=True)
+        fsdp.shard(denoiser, cfg, objective.name, accelerator.num_processes)
     optimizers = make_optimizers(objective, accelerator)
     run = Run(cfg, out, accelerator, text, vae, denoiser, objective, feedback, dataset, optimizers, i2v=i2v, bench=bench)
     if resumed:
@@ -165,15 +158,6 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
                    if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("turbo", config=scalars)
     return run
-
-
-def app_defaults() -> dict:
-    """turbo-train's own values of its plain keys (conf/train.yaml, flat), for runs made before a key existed."""
-    import conf
-
-    node = OmegaConf.load(Path(conf.__file__).parent / "train.yaml")
-    return {k: v for k, v in flatten(OmegaConf.to_container(node, resolve=False)).items()
-            if not isinstance(v, str) or "${" not in v}
 
 
 def step_batches(run: Run) -> StepBatches:
@@ -247,11 +231,7 @@ def optimise(objective: Objective, optimizers: dict, accelerator: Accelerator, g
     # under train.fsdp=true FSDP already averaged the sharded ones)
     if accelerator.num_processes > 1:
         fsdp.average_gradients(params, accelerator)
-    clip = objective.optim[group]["grad_clip"]
-    if any(isinstance(p, DTensor) for p in params):  # sharded (train.fsdp=true)
-        norm = fsdp.clip_grad_norm_(params, clip)
-    else:  # accelerate's clip unscales fp16 gradients first (clipping scaled ones would clip nothing)
-        norm = accelerator.clip_grad_norm_(params, clip)
+    norm = fsdp.clip_grad_norm_(params, objective.optim[group]["grad_clip"], accelerator)
     loss, norm = float(_mean_over_processes(accelerator, total)), float(norm)
     finite = math.isfinite(loss) and math.isfinite(norm)
     if finite or accelerator.scaler is not None:  # fp16: the grad scaler itself skips inf steps
@@ -309,18 +289,8 @@ def train(run: Run) -> None:
         metrics["sec"] = round(time.perf_counter() - t0, 4)
         run.step = step + 1
         run.history.append(metrics)
-        every, main = getattr(run.bench, "every", 0), run.accelerator.is_main_process
-        probe = every and run.step % every == 0 and run.objective.student is not None
-        samples = run.cfg.samples.every and run.step % run.cfg.samples.every == 0 and run.objective.student is not None
-        if probe or samples:
-            with fsdp.gathered(run.denoiser, run.accelerator):  # the main process samples alone
-                if main and probe:
-                    student = list(stages(run).values())[-1]
-                    metrics.update({f"val/{k}": v for k, v in
-                                    run.bench.probe(videos_of(student, run.cfg.video, run.bench)).items()})
-                if main and samples:
-                    validation_samples(run)
-        if main:
+        metrics.update(validate(run))  # every eval.every / samples.every steps: the probe, the samples
+        if run.accelerator.is_main_process:
             run.out.append_metrics(metrics)
             if run.accelerator.trackers:
                 run.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=run.step)

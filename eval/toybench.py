@@ -256,3 +256,15 @@ def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, vid
     lines.append(f"s / video: the median of 3 calls on {min(4, num_prompts)} prompts after a warm-up, sampling and "
                  f"decoding; NFE: network evaluations per video (CFG counts 2 per step).")
     return "\n".join(lines)
+
+
+def toybench_scores(videos, prompts: Sequence[str]) -> list[dict[str, float]]:
+    """ToyBench's raw per-video scores of toy-world videos against their captions: one dict per video,
+    {dimension: value in [0, 1]} for every dimension but the set-level ``distribution`` (the
+    detectors of eval/toy_detectors.py, the scores of eval/toy_scores.py, as ToyBench.evaluate).
+    ``videos``: F,3,H,W floats in [0, 1], a list or one B,F,3,H,W tensor (turbo-eval's metric input)."""
+    from eval.harness.metrics import video_list
+
+    videos = video_list(videos, "toybench_scores", prompts)
+    analyses = analyse_videos([v.detach().float().cpu().clamp(0, 1) for v in videos])
+    return [score_video(analysis, parse_caption(p)) for analysis, p in zip(analyses, prompts)]

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval.harness import aggregate as agg
+from eval.harness.leaderboard import write_leaderboard_zip
 from eval.harness.sample import missing_files, read_manifest, sample_suite
 from eval.harness.scoring import score, vbench_env_dir
 from eval.harness.suites import (Item, Suite, SuiteError, evalcrafter_items, i2v_ratio, toybench_items,
@@ -149,7 +150,7 @@ def aggregate(cfg: DictConfig, suite: Suite, out: Path) -> dict:
         total = agg.evalcrafter_total(dims, allow_partial=partial, source=str(path)) if dims else {}
     if suite.name == "vbench" and (out / "scores" / "vbench").is_dir():
         # the upload VBench's leaderboard takes: its results files, as cal_final_score.py reads them
-        agg.write_leaderboard_zip(out / "scores" / "vbench", out / "leaderboard.zip", name=suite.name)
+        write_leaderboard_zip(out / "scores" / "vbench", out / "leaderboard.zip", name=suite.name)
     manifest = read_manifest(out)
     result = {"suite": suite.name, "num_videos": len(suite.items), "dimensions": dims, "aggregate": total,
               "builtin": scores.get("builtin", {}), "partial": bool(total.get("partial", False)),

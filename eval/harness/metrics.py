@@ -9,7 +9,6 @@ set metric, ``score_set(videos, reference_videos) -> float``.
 - :class:`ClipScore`: CLIPScore of each frame against the prompt with an open_clip checkpoint.
 - :class:`RewardScores`: turbo's reward models (rewards/), each a per-video :class:`RewardScore`.
 - :class:`FVD`: Fréchet Video Distance with the Kinetics-400 I3D (eval/harness/i3d.py).
-- :func:`toybench_scores`: ToyBench's per-video raw dimensions (eval/toy_scores.py).
 """
 
 from __future__ import annotations
@@ -337,19 +336,3 @@ class FVD:
     def score_set(self, videos: Videos, reference_videos: Videos) -> float:
         """FVD of ``videos`` against ``reference_videos`` (real clips)."""
         return fvd(self.features(reference_videos), self.features(videos))
-
-
-# ---------------------------------------------------------------- ToyBench
-
-def toybench_scores(videos: Videos, prompts: Sequence[str]) -> list[dict[str, float]]:
-    """ToyBench's raw per-video scores of toy-world videos against their captions: one dict per video,
-    {dimension: value in [0, 1]} for every dimension but the set-level ``distribution`` (the
-    detectors of eval/toy_detectors.py, the scores of eval/toy_scores.py, as ToyBench.evaluate)."""
-    from eval.toy_detectors import analyse_videos
-    from eval.toy_scores import score_video
-    from turbo.toy.world import parse_caption
-
-    videos = video_list(videos, "toybench_scores", prompts)
-    specs = [parse_caption(p) for p in prompts]
-    analyses = analyse_videos([v.detach().float().cpu().clamp(0, 1) for v in videos])
-    return [score_video(analysis, spec) for analysis, spec in zip(analyses, specs)]

@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_module
 
 import distill.train as train_mod
 from distill.feedback import RewardFeedback
-from distill.train import run_training, setup, videos_of
+from distill.finish import videos_of
+from distill.train import run_training, setup
 from turbo.config import ConfigError
 from turbo.video import video_info, write_video
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from eval.harness.aggregate import (EVALCRAFTER_METRICS, VBENCH_DIMENSIONS, VBENCH_I2V_DIMENSIONS, MissingDimension,
-                                    evalcrafter_total, parse_evalcrafter_logs, read_leaderboard_zip,
-                                    read_vbench_results, vbench_i2v_total, vbench_total, write_leaderboard_zip)
+                                    evalcrafter_total, parse_evalcrafter_logs, read_vbench_results, vbench_i2v_total,
+                                    vbench_total)
+from eval.harness.leaderboard import read_leaderboard_zip, write_leaderboard_zip
 
 # The 16 dimensions in the leaderboard's column order, with scripts/constant.py's Min, Max and weight,
 # written out again here so that a wrong constant in the module fails the hand computations.

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from eval.harness.i3d import InceptionI3d, load_i3d
 from eval.harness.metrics import (
     FVD, ClipScore, RewardScores, TemporalFlickering, VideoMetric, frechet_distance, fvd, i3d_clips, middle_frames,
-    temporal_flickering, toybench_scores,
+    temporal_flickering,
 )
+from eval.toybench import toybench_scores
 from rewards.loading import CheckpointMismatchError
 from rewards.toy import ToyDualEncoder, ToyImageText, ToyRewardConfig, ToyVideoText
 from turbo.toy.split import split_specs

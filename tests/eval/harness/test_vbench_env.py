@@ -175,7 +175,7 @@ def test_turbo_eval_runs_temporal_flickering_end_to_end_on_toy_videos(tmp_path, 
     writes for the same videos when called directly."""
     from hydra import compose, initialize_config_module
 
-    from eval.harness.aggregate import read_leaderboard_zip
+    from eval.harness.leaderboard import read_leaderboard_zip
     from eval.harness.app import run
 
     prompts = ["a red circle moving right", "a blue square standing still", "a green triangle moving up"]
