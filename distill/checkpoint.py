@@ -166,11 +166,11 @@ class RunDir:
         steps = sorted(self.checkpoints.glob("step_*")) if self.checkpoints.exists() else []
         return steps[-1] if steps else None
 
-    def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizers: dict, keep: int,
+    def save_checkpoint(self, step: int, denoiser: Denoiser, objective, optimizer_states: dict, keep: int,
                         loop_state: dict | None = None) -> Path | None:
         """Write checkpoint ``step``; a model holding a non-finite weight is not written (None).
-        ``optimizers``: group -> optimizer, or group -> its full ``state_dict`` (what a sharded run
-        gathered on every process, distill.fsdp.full_optimizer_state)."""
+        ``optimizer_states``: group -> the optimizer's whole ``state_dict``
+        (distill.fsdp.full_optimizer_state, which gathers a sharded run's on every process)."""
         bad = nonfinite_parameters(denoiser, objective)
         if bad:
             warnings.warn(f"step {step}: not writing a checkpoint, {len(bad)} trained tensors hold non-finite "
@@ -182,7 +182,7 @@ class RunDir:
                 save_lora(denoiser, name, tmp / name)
             torch.save({"step": step,
                         "objective": objective.extra_state(),
-                        "optimizers": {k: o if isinstance(o, dict) else o.state_dict() for k, o in optimizers.items()},
+                        "optimizers": optimizer_states,
                         "loop": loop_state or {},
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},

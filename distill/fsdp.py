@@ -146,8 +146,8 @@ def clip_grad_norm_(params: list[nn.Parameter], max_norm: float, accelerator) ->
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's ``state_dict`` with every sharded tensor gathered (a collective: call it on
-    every process), so the file matches an unsharded run's."""
+    """The optimizer's ``state_dict`` with every sharded tensor gathered (a collective when sharded:
+    call it on every process), so the file matches an unsharded run's; unsharded, its ``state_dict``."""
     state = optimizer.state_dict()
     state["state"] = {i: {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in s.items()}
                       for i, s in state["state"].items()}

@@ -309,12 +309,10 @@ def train(run: Run) -> None:
 
 def save_checkpoint(run: Run) -> None:
     """The main process writes the checkpoint; a sharded run first gathers it on every process."""
-    optimizers = run.optimizers
-    if fsdp.is_sharded(run.denoiser):
-        optimizers = {k: fsdp.full_optimizer_state(o) for k, o in optimizers.items()}
+    states = {k: fsdp.full_optimizer_state(o) for k, o in run.optimizers.items()}
     with fsdp.gathered(run.denoiser, run.accelerator):
         if run.accelerator.is_main_process:
-            run.out.save_checkpoint(run.step, run.denoiser, run.objective, optimizers,
+            run.out.save_checkpoint(run.step, run.denoiser, run.objective, states,
                                     keep=run.cfg.train.keep_checkpoints, loop_state=run.loop_state())
             plot_curves(run.history, run.out.path / "curves.png")
 

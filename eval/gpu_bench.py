@@ -28,25 +28,11 @@ import time
 
 import torch
 
-from eval.objective_bench import training_step
+from eval.objective_bench import random_wan, training_step
 from eval.speed import SIZES, _sync, run as sampling_speed, time_per_video
 
 LATENT = {"tiny": (16, 5, 16, 16), "wan1.3b": (16, 21, 60, 104)}
 VAE = {"tiny": dict(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1), "wan1.3b": {}}
-
-
-def _denoiser(size: str, device: torch.device, dtype: torch.dtype):
-    from turbo.denoiser import Denoiser
-    from turbo.models import tiny_wan
-    from turbo.schedule import FlowSchedule
-
-    kwargs, _ = SIZES[size]
-    d = Denoiser(tiny_wan(seed=0, **kwargs), FlowSchedule(shift=5.0), "wan").to(device, dtype)
-    cond_dim = kwargs["text_dim"]
-    from turbo.text import TextCond
-
-    cond = TextCond(torch.randn(1, 64, cond_dim, device=device, dtype=dtype), torch.ones(1, 64, dtype=torch.long, device=device))
-    return d, cond
 
 
 def decode_seconds(size: str, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
@@ -60,7 +46,7 @@ def forward_backward(size: str, device: torch.device, dtype: torch.dtype, repeat
     """FLOPs (counted) and time of one forward + backward of the transformer on one latent."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    d, cond = _denoiser(size, device, dtype)
+    d, cond = random_wan(SIZES[size][0], device, dtype)
     d.backbone.requires_grad_(True)  # a full backward (input and weight gradients): the usual MFU
     x = torch.randn(1, *LATENT[size], device=device, dtype=dtype)
     t = torch.tensor([500.0], device=device)
@@ -111,7 +97,7 @@ def long_video(size: str, device: torch.device, dtype: torch.dtype, windows: int
     from turbo.vae import VideoVAE
     from turbo.video import VideoWriter
 
-    d, cond = _denoiser(size, device, dtype)
+    d, cond = random_wan(SIZES[size][0], device, dtype)
     vae = VideoVAE(_wan_vae(size)).to(device, dtype)
     _, frames, h, w = LATENT[size]
     overlap = min(5, frames - 1)

@@ -36,6 +36,20 @@ def _rss_mb() -> float:
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
+def random_wan(arch: dict, device: torch.device, dtype: torch.dtype, batch: int = 1):
+    """A seeded random Wan backbone of ``arch`` (WanTransformer3DModel arguments) as a Denoiser, and a
+    random text condition of 64 tokens for ``batch`` videos: what the benches run (speed and memory
+    do not depend on what was learned)."""
+    from turbo.denoiser import Denoiser
+    from turbo.models import tiny_wan
+    from turbo.schedule import FlowSchedule
+    from turbo.text import TextCond
+
+    d = Denoiser(tiny_wan(seed=0, **arch), FlowSchedule(shift=5.0), "wan").to(device, dtype)
+    embeds = torch.randn(batch, 64, arch["text_dim"], device=device, dtype=dtype)
+    return d, TextCond(embeds, torch.ones(batch, 64, dtype=torch.long, device=device))
+
+
 def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, *,
                   copies: int = 0, rank: int = 8, batch: int = 1, reward=None, vae=None) -> dict:
     """One warm-up and one timed training step of ``objective`` ("cd" | "dmd2" | "w2s") on a
@@ -53,15 +67,11 @@ def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: to
     from distill.objectives.w2s import W2S
     from distill.train import make_optimizers, optimise
     from eval.speed import _sync
-    from turbo.denoiser import Denoiser
-    from turbo.models import tiny_wan
-    from turbo.schedule import FlowSchedule
-    from turbo.text import TextCond
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    d = Denoiser(tiny_wan(seed=0, **arch), FlowSchedule(shift=5.0), "wan").to(device, dtype)
+    d, cond = random_wan(arch, device, dtype, batch)
     d.add_adapter("student", rank, rank, TARGETS)
     extra = [copy.deepcopy(d.backbone) for _ in range(copies)]
     obj = {"cd": lambda: ConsistencyDistillation(d), "dmd2": lambda: DMD2(d, dfake_gen_update_ratio=1),
@@ -69,9 +79,7 @@ def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: to
     d.to(device)
     acc = Accelerator(cpu=device.type == "cpu")
     opts = make_optimizers(obj, acc)
-    embeds = torch.randn(batch, 64, arch["text_dim"], device=device, dtype=dtype)
-    cond = TextCond(embeds, torch.ones(batch, 64, dtype=torch.long, device=device))
-    uncond = cond.replace(embeds=torch.zeros_like(embeds))
+    uncond = cond.replace(embeds=torch.zeros_like(cond.embeds))
     b = Batch(["a red circle moving left"] * batch, cond, uncond, shape,
               torch.randn(batch, *shape, device=device, dtype=dtype))
     feedback = None if reward is None else RewardFeedback(reward.to(device), vae.to(device))
