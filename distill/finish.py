@@ -71,25 +71,29 @@ def write_samples(folder, prefix: str, prompts: list[str], videos, fps: float) -
 
 @torch.no_grad()
 def sample_videos(run: Run, stages: dict[str, Stage]) -> dict:
-    """The first stage (the many-step teacher) and the student's, when there is one, on the same
-    prompts and seed, written as mp4s. Returns seconds per video of sampling alone (the VAE decode, the same for
-    both, is apart): the call that made the saved videos is the warm-up, then the median of 3."""
+    """Every stage on the sample prompts and seed, timed once for the report and the benchmark: the
+    call that made the latents is the warm-up, then the median of 3, seconds per video of sampling
+    alone; the VAE decode, the same for all, is timed apart (``decode``). The many-step teacher's and
+    the student's videos are written as mp4s. Returns ``{"teacher", "student", "decode", "stages":
+    {label: sampling + decode}}``."""
     s, v = run.cfg.samples, run.cfg.video
     prompts, frames = first_frames(run, len(s.prompts))
-    timings = {}
-    chosen = {"teacher": next(iter(stages.values()))}
+    labels = list(stages)
+    written = {labels[0]: "teacher"}
     if run.objective.student is not None:  # stages() puts the student last
-        chosen["student"] = list(stages.values())[-1]
-    for who, stage in chosen.items():
+        written[labels[-1]] = "student"
+    seconds = {}
+    for label, stage in stages.items():
         def sample():
             return stage.latents(prompts, v.num_frames, v.height, v.width, torch.Generator().manual_seed(s.seed),
                                  first_frame=frames)
         latents = sample()  # also the warm-up
-        timings[who] = median_seconds(sample, warmup=0) / len(prompts)
-        write_samples(run.out.path / "samples", f"{who}_", prompts, run.vae.decode(latents), s.fps)
-    # the decode is the same work for every stage: timed once, on the last one's latents
-    timings["decode"] = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
-    return timings
+        seconds[label] = median_seconds(sample, warmup=0) / len(prompts)
+        if label in written:
+            write_samples(run.out.path / "samples", f"{written[label]}_", prompts, run.vae.decode(latents), s.fps)
+    decode = median_seconds(lambda: run.vae.decode(latents), warmup=0) / len(prompts)
+    return {**{who: seconds[label] for label, who in written.items()}, "decode": decode,
+            "stages": {label: sec + decode for label, sec in seconds.items()}, "timed_on": len(prompts)}
 
 
 def videos_of(stage: Stage, video: DictConfig, bench=None):
@@ -103,16 +107,18 @@ def videos_of(stage: Stage, video: DictConfig, bench=None):
 
 
 @torch.no_grad()
-def evaluate(run: Run, stages: dict[str, Stage]) -> tuple[dict, str]:
-    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; null = none) on every stage. The
-    config names the evaluator, so distill/ never imports eval/; any object with
-    ``compare(samplers, out=..., fps=..., nfe=...) -> (results, markdown)`` fits (and, for an I2V
-    model, ``first_frames(prompts) -> B,3,H,W``)."""
+def evaluate(run: Run, stages: dict[str, Stage], seconds: dict | None = None) -> tuple[dict, str]:
+    """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; eval=none: none) on every stage,
+    given the seconds per video that ``sample_videos`` measured. The config names the evaluator, so
+    distill/ never imports eval/; any object with ``compare(samplers, out=..., fps=..., nfe=...,
+    seconds=..., timed_on=...) -> (results, markdown)`` fits (and, for an I2V model,
+    ``first_frames(prompts) -> B,3,H,W``)."""
     if run.bench is None:
         return {}, ""
     samplers = {label: videos_of(stage, run.cfg.video, run.bench) for label, stage in stages.items()}
     nfe = {label: stage.sampler.nfe for label, stage in stages.items()}
-    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe)
+    timed = {} if seconds is None else {"seconds": seconds["stages"], "timed_on": seconds["timed_on"]}
+    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe, **timed)
 
 
 @torch.no_grad()
@@ -175,7 +181,7 @@ def finish(run: Run) -> None:
     run.objective.export(run.out.path)
     end = stages(run)
     timings = sample_videos(run, end)
-    results, table = evaluate(run, end)
+    results, table = evaluate(run, end, timings)
     plot_curves(run.history, run.out.path / "curves.png")
     if "student" in timings:
         first, last = next(iter(end.values())), list(end.values())[-1]

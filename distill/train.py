@@ -136,10 +136,10 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
                           f"but data ({type(dataset).__name__}) gives prompts only")
 
-    bench = None if cfg.get("eval") is None else build(cfg.eval, "eval")
+    bench = build(cfg.eval, "eval") if cfg.get("eval") else None  # eval=none: an empty node
     if i2v is not None and bench is not None and not hasattr(bench, "first_frames"):
         raise ConfigError(f"eval: an I2V model (model.i2v) animates first frames, and {type(bench).__name__} gives "
-                          f"none (it has no first_frames(prompts)): run it with eval=null")
+                          f"none (it has no first_frames(prompts)): run it with eval=none")
     resumed = out.load_latest(denoiser, objective) if resume else None  # into plain tensors: before sharding
     if cfg.train.fsdp:
         fsdp.shard(denoiser, cfg, objective.name, accelerator.num_processes)

@@ -191,12 +191,15 @@ class ToyBench:
 
     def compare(self, samplers: Mapping[str, Callable[[list[str], int], Tensor]], out: str | None = None,
                 videos_per_prompt: int = 1, seed: int = 0, save_videos: int = 4, fps: int = 8,
-                nfe: Mapping[str, int] | None = None, timing_batch: int = 4) -> tuple[dict[str, dict], str]:
+                nfe: Mapping[str, int] | None = None, timing_batch: int = 4, seconds: Mapping[str, float] | None = None,
+                timed_on: int | None = None) -> tuple[dict[str, dict], str]:
         """Score several samplers side by side on the held-out prompts (the end of ``turbo-train``).
 
         ``samplers``: name -> ``generate(prompts, seed)`` returning ``B,F,3,H,W`` in [0, 1]. Each is
         timed on its own after scoring (which is its warm-up): the median of 3 calls on the first
-        ``timing_batch`` prompts, seconds per video of the whole call (sampling and decoding).
+        ``timing_batch`` prompts, seconds per video of the whole call (sampling and decoding), unless
+        ``seconds`` (name -> seconds per video, measured so on ``timed_on`` prompts by the caller:
+        turbo-train's end of run) has it.
         ``nfe``: name -> network evaluations per video, printed beside the seconds. Prints a table,
         writes it to ``out/toybench.md`` with the first ``save_videos`` videos of each sampler as
         mp4s and a picture of them, ``out/toybench_grid.png`` (rows: sampler x prompt, columns:
@@ -211,6 +214,7 @@ class ToyBench:
         rows: dict[str, dict] = {}
         grid: list[tuple[str, Tensor]] = []
         timing_prompts = list(self.prompts[:timing_batch])
+        seconds = dict(seconds or {})
         for name, generate in samplers.items():
             saved: list[tuple[str, Tensor]] = []
 
@@ -220,16 +224,18 @@ class ToyBench:
                 return videos
 
             result = self.evaluate_generator(keep, videos_per_prompt=videos_per_prompt, seed=seed)
-            seconds = median_seconds(lambda: generate(timing_prompts, seed), warmup=0) / len(timing_prompts)
+            if name not in seconds:
+                seconds[name] = median_seconds(lambda: generate(timing_prompts, seed), warmup=0) / len(timing_prompts)
             rows[name] = {"quality": result.quality, "semantic": result.semantic, "total": result.total,
-                          "sec_per_video": seconds, "nfe": None if nfe is None else nfe.get(name),
+                          "sec_per_video": seconds[name], "nfe": None if nfe is None else nfe.get(name),
                           **{d: result.scores[d] for d in SEMANTIC_DIMENSIONS}}
             if out is not None:
                 for i, (prompt, video) in enumerate(saved):
                     write_video(Path(out) / "toybench" / f"{safe_name(name)}_{i:02d}_{safe_name(prompt)}.mp4",
                                 video, fps=fps)
                 grid += [(f"{name}\n{prompt}", video) for prompt, video in saved[:3]]
-        table = compare_table(rows, num_prompts=len(self.prompts), videos_per_prompt=videos_per_prompt)
+        timed_on = timed_on if set(seconds) == set(samplers) and timed_on else len(timing_prompts)
+        table = compare_table(rows, num_prompts=len(self.prompts), videos_per_prompt=videos_per_prompt, timed_on=timed_on)
         print(table)
         if out is not None:
             from turbo.atomic import atomic_write_text
@@ -242,7 +248,8 @@ class ToyBench:
         return rows, table
 
 
-def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, videos_per_prompt: int) -> str:
+def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, videos_per_prompt: int,
+                  timed_on: int = 4) -> str:
     """A markdown table of ``ToyBench.compare`` results, one row per sampler."""
     lines = [f"ToyBench on {num_prompts} held-out prompts x {videos_per_prompt} video(s) (0..100)", "",
              "| sampler | Quality | Semantic | Total | colour | shape | motion | count | s / video | NFE / video |",
@@ -253,7 +260,7 @@ def compare_table(rows: Mapping[str, Mapping[str, float]], num_prompts: int, vid
                      f"{r['shape']:.1f} | {r['motion']:.1f} | {r['count']:.1f} | {r['sec_per_video']:.3f} | "
                      f"{'' if nfe is None else nfe} |")
     lines.append("")
-    lines.append(f"s / video: the median of 3 calls on {min(4, num_prompts)} prompts after a warm-up, sampling and "
+    lines.append(f"s / video: the median of 3 calls on {timed_on} prompt(s) after a warm-up, sampling and "
                  f"decoding; NFE: network evaluations per video (CFG counts 2 per step).")
     return "\n".join(lines)
 

@@ -216,8 +216,8 @@ def _check(parent: DictConfig, k: str, spec: Any, key: str) -> None:
         _check_section(parent[k], spec, key)
     elif isinstance(spec, Target):
         child = parent[k]
-        if child is None and spec.nullable:
-            return
+        if spec.nullable and (child is None or (isinstance(child, DictConfig) and not child)):
+            return  # null, or an empty group option such as eval=none
         check_target_node(child, key)
     else:
         raise TypeError(f"schema of {key}: {spec!r} is not a Rule, Section or Target")

@@ -333,3 +333,14 @@ def test_a_float8_base_is_stored_in_e4m3_and_trains(tmp_path):
     assert {p.dtype for p in run.objective.trainable()["student"]} == {torch.float32}
     want, got = metrics(tmp_path / "fp32")[0]["cd"], metrics(tmp_path / "fp8")[0]["cd"]
     assert got == pytest.approx(want, rel=0.5) and got != want
+
+
+def test_eval_none_runs_without_a_benchmark_or_probe(tmp_path):
+    # eval=none (conf/eval/none.yaml, the command-line way; `eval=null` is not one) over the toy default's toybench
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("train", overrides=["eval=none", "train.steps=2", "train.batch_size=1", "samples.teacher_steps=2",
+                                          "samples.prompts=[a red circle moving right]"])
+    run_training(cfg, tmp_path)
+    assert json.loads((tmp_path / "DONE").read_text())["eval"] == {}
+    assert not (tmp_path / "eval").exists()
+    assert not any(k.startswith("val/") for row in metrics(tmp_path) for k in row)
