@@ -9,7 +9,6 @@ text side is computed without gradients and cached per prompt string.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import open_clip
@@ -20,6 +19,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
+from rewards.loading import read_state_dict
 
 Tokenizer = Callable[[list[str]], Tensor]  # list of N strings -> N,context_length int64 token ids
 
@@ -106,19 +106,6 @@ def tiny_clip_model(
         return CLIP(embed_dim, vision_cfg=vision, text_cfg=text)
 
 
-def _load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a local .safetensors file or a torch pickle (optionally under 'state_dict')."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {str(path)!r} (expected a local file)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def tiny_clip_reward(
     seed: int = 0,
     image_size: int = 32,
@@ -138,7 +125,7 @@ def tiny_clip_reward(
     """
     model = tiny_clip_model(seed, image_size, embed_dim, width, layers, heads, patch_size, context_length)
     if checkpoint is not None:
-        model.load_state_dict(_load_state_dict(checkpoint))
+        model.load_state_dict(read_state_dict(checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'"))
     # The BPE vocabulary ships inside the open_clip package: no network access.
     tokenizer = SimpleTokenizer(context_length=context_length)
     return CLIPReward(model, tokenizer, image_size=image_size, name=name)
