@@ -14,6 +14,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from timm.layers import Mlp
 from torch import Tensor, nn
 
 from rewards.base import TowerSizes
@@ -114,17 +115,6 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: InternVideo2Config) -> None:
         super().__init__()
@@ -132,7 +122,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg.vision_width, cfg.vision_heads)
         self.ls1 = LayerScale(cfg.vision_width)
         self.norm2 = RMSNorm(cfg.vision_width)
-        self.mlp = Mlp(cfg.vision_width, cfg.vision_mlp_width)
+        self.mlp = Mlp(cfg.vision_width, cfg.vision_mlp_width)  # timm's: fc1, GELU, fc2 (no dropout at p=0)
         self.ls2 = LayerScale(cfg.vision_width)
 
     def forward(self, x: Tensor) -> Tensor:
