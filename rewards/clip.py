@@ -12,7 +12,6 @@ import os
 from typing import Callable, Literal, Sequence
 
 import open_clip
-import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 from rewards.loading import read_state_dict
+from turbo.seeding import seeded
 
 Tokenizer = Callable[[list[str]], Tensor]  # list of N strings -> N,context_length int64 token ids
 
@@ -101,9 +101,7 @@ def tiny_clip_model(
         layers=layers, width=width, head_width=width // heads, patch_size=patch_size, image_size=image_size
     )
     text = CLIPTextCfg(context_length=context_length, width=width, heads=heads, layers=layers)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIP(embed_dim, vision_cfg=vision, text_cfg=text)
+    return seeded(seed, lambda: CLIP(embed_dim, vision_cfg=vision, text_cfg=text))
 
 
 def tiny_clip_reward(

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from rewards.base import TowerSizes
 from rewards.loading import load_checkpoint_into
 from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, VideoTextReward
+from turbo.seeding import seeded
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,7 @@ def tiny_viclip_model(seed: int = 0, **changes) -> ViCLIP:
     The global torch RNG is left untouched (the seed is applied inside a forked RNG).
     """
     config = ViCLIPConfig.tiny(**changes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ViCLIP(config)
+    return seeded(seed, lambda: ViCLIP(config))
 
 
 def _tokenizer(config: ViCLIPConfig, tokenizer_path: str | os.PathLike | None, name: str) -> SimpleTokenizer:
