@@ -43,18 +43,18 @@ def child_json(*argv: str) -> dict:
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-def random_wan(arch: dict, device: torch.device, dtype: torch.dtype, batch: int = 1):
+def random_wan(arch: dict, device: torch.device, dtype: torch.dtype, batch: int = 1, tokens: int = 64):
     """A seeded random Wan backbone of ``arch`` (WanTransformer3DModel arguments) as a Denoiser, and a
-    random text condition of 64 tokens for ``batch`` videos: what the benches run (speed and memory
-    do not depend on what was learned)."""
+    random text condition of ``tokens`` tokens for ``batch`` videos: what the benches run (speed and
+    memory do not depend on what was learned)."""
     from turbo.denoiser import Denoiser
     from turbo.models import tiny_wan
     from turbo.schedule import FlowSchedule
     from turbo.text import TextCond
 
     d = Denoiser(tiny_wan(seed=0, **arch), FlowSchedule(shift=5.0), "wan").to(device, dtype)
-    embeds = torch.randn(batch, 64, arch["text_dim"], device=device, dtype=dtype)
-    return d, TextCond(embeds, torch.ones(batch, 64, dtype=torch.long, device=device))
+    embeds = torch.randn(batch, tokens, arch["text_dim"], device=device, dtype=dtype)
+    return d, TextCond(embeds, torch.ones(batch, tokens, dtype=torch.long, device=device))
 
 
 def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, *,
