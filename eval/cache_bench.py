@@ -12,15 +12,15 @@
 from __future__ import annotations
 
 import argparse
-import resource
-import statistics
-import subprocess
-import sys
+import itertools
+import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+from eval.objective_bench import child_json, rss_mb
+from turbo.timing import median_seconds
 
 # google/umt5-xxl (Wan2.1's text encoder, Wan-AI/*-Diffusers text_encoder/config.json)
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -59,7 +59,8 @@ def real_size_table() -> str:
 
 
 def _child(arm: str, cache: str, steps: int) -> None:
-    """One arm in this process: time ``steps`` training steps, print 'median_s peak_mb'."""
+    """One arm in this process: a warm-up, then the median seconds of ``steps`` training steps; prints
+    them with the peak memory as JSON."""
     from hydra import compose, initialize_config_module
 
     from distill.train import setup, train_step
@@ -68,15 +69,10 @@ def _child(arm: str, cache: str, steps: int) -> None:
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose("train", overrides=[*data, "~eval", "device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
-        run = setup(cfg, Path(tmp))
-        train_step(run, 0)  # warm-up
-        seconds = []
-        for step in range(1, steps + 1):
-            t0 = time.perf_counter()
-            train_step(run, step)
-            seconds.append(time.perf_counter() - t0)
+        run, step = setup(cfg, Path(tmp)), itertools.count()
+        seconds = median_seconds(lambda: train_step(run, next(step)), repeats=steps)
         run.out.unlock()
-    print(f"{statistics.median(seconds):.4f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    print(json.dumps({"seconds": seconds, "peak_mb": rss_mb()}))
 
 
 def toy_table(steps: int) -> str:
@@ -87,11 +83,8 @@ def toy_table(steps: int) -> str:
     with tempfile.TemporaryDirectory() as cache:
         with initialize_config_module(config_module="conf", version_base="1.3"):
             build_cache(compose("cache", overrides=["data.size=64", f"cache.dir={cache}", "device=cpu"]))
-        rows = {}
-        for arm in ("plain", "cached"):
-            out = subprocess.run([sys.executable, "-m", "eval.cache_bench", "--child", arm, "--cache", cache,
-                                  "--steps", str(steps)], check=True, capture_output=True, text=True).stdout
-            rows[arm] = [float(x) for x in out.strip().splitlines()[-1].split()]
+        rows = {arm: child_json("eval.cache_bench", "--child", arm, "--cache", cache, "--steps", str(steps)).values()
+                for arm in ("plain", "cached")}
     (t_plain, m_plain), (t_cached, m_cached) = rows["plain"], rows["cached"]
     return "\n".join([
         f"| toy default (CD + toy rewards, batch 4), {steps} steps | s / step (median) | peak RSS MB |",

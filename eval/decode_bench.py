@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
 import time
 
 import torch
 
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from eval.objective_bench import child_json, rss_mb
 
 
 def _vae(kind: str):
@@ -46,7 +41,7 @@ def _vae(kind: str):
 def measure(kind: str, frames: str, num_frames: int, size: int, m: int) -> dict:
     torch.set_num_threads(2)
     vae = _vae(kind)
-    base = _rss_mb()
+    base = rss_mb()
     lat = torch.randn(1, *vae.latent_shape(num_frames, size, size), requires_grad=True)
     total = vae.pixel_frames(lat.shape[2])
     if frames == "all":
@@ -59,7 +54,7 @@ def measure(kind: str, frames: str, num_frames: int, size: int, m: int) -> dict:
     out = vae.decode(lat) if frames == "all" else vae.decode_frames(lat, ids)
     out.mean().backward()
     return {"kind": kind, "frames": frames, "decoded": len(ids), "of": total,
-            "peak_mb": _rss_mb() - base, "sec": time.perf_counter() - t0}
+            "peak_mb": rss_mb() - base, "sec": time.perf_counter() - t0}
 
 
 def main() -> None:
@@ -75,9 +70,7 @@ def main() -> None:
         return
 
     def run(kind, frames):
-        out = subprocess.run([sys.executable, "-m", "eval.decode_bench", "--one", kind, frames, str(a.frames),
-                              str(a.size), str(a.m)], capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return child_json("eval.decode_bench", "--one", kind, frames, str(a.frames), str(a.size), str(a.m))
 
     print(f"{a.frames} frames at {a.size}x{a.size}, decode + backward, M = {a.m}")
     print("| VAE | frames decoded | peak memory (MB) | time (s) | memory vs all F |")

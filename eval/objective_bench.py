@@ -29,25 +29,32 @@ SIZES = {  # WanTransformer3DModel arguments and the latent C,F,H,W of one sampl
 }
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def rss_mb() -> float:
+    """This process's peak resident set size in MB (``ru_maxrss``; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_json(*argv: str) -> dict:
+    """``python -m *argv`` in a fresh process (its peak memory its own): the JSON of its last line."""
+    out = subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-def random_wan(arch: dict, device: torch.device, dtype: torch.dtype, batch: int = 1):
+def random_wan(arch: dict, device: torch.device, dtype: torch.dtype, batch: int = 1, tokens: int = 64):
     """A seeded random Wan backbone of ``arch`` (WanTransformer3DModel arguments) as a Denoiser, and a
-    random text condition of 64 tokens for ``batch`` videos: what the benches run (speed and memory
-    do not depend on what was learned)."""
+    random text condition of ``tokens`` tokens for ``batch`` videos: what the benches run (speed and
+    memory do not depend on what was learned)."""
     from turbo.denoiser import Denoiser
     from turbo.models import tiny_wan
     from turbo.schedule import FlowSchedule
     from turbo.text import TextCond
 
     d = Denoiser(tiny_wan(seed=0, **arch), FlowSchedule(shift=5.0), "wan").to(device, dtype)
-    embeds = torch.randn(batch, 64, arch["text_dim"], device=device, dtype=dtype)
-    return d, TextCond(embeds, torch.ones(batch, 64, dtype=torch.long, device=device))
+    embeds = torch.randn(batch, tokens, arch["text_dim"], device=device, dtype=dtype)
+    return d, TextCond(embeds, torch.ones(batch, tokens, dtype=torch.long, device=device))
 
 
 def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, *,
@@ -104,18 +111,12 @@ def training_step(objective: str, arch: dict, shape: tuple[int, ...], device: to
 def measure(objective: str, size: str, layout: str, batch: int = 1) -> dict:
     """One step on CPU in this process: peak MB of resident memory above the start, step seconds."""
     torch.set_num_threads(2)
-    base_mb = _rss_mb()
+    base_mb = rss_mb()
     arch, shape = SIZES[size]
     r = training_step(objective, arch, shape, torch.device("cpu"), torch.float32,
                       copies=2 if layout == "copies" else 0, batch=batch)
-    return {"objective": objective, "size": size, "layout": layout, "peak_mb": _rss_mb() - base_mb,
+    return {"objective": objective, "size": size, "layout": layout, "peak_mb": rss_mb() - base_mb,
             "step_sec": r["seconds"], "base_params_m": r["base_params_m"]}
-
-
-def _subprocess(objective: str, size: str, layout: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "eval.objective_bench", "--one", objective, size, layout],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -126,7 +127,7 @@ def main() -> None:
     if a.one:
         print(json.dumps(measure(*a.one)))
         return
-    rows = [_subprocess(o, s, "shared") for s in a.sizes for o in ("cd", "dmd2", "w2s")]
+    rows = [child_json("eval.objective_bench", "--one", o, s, "shared") for s in a.sizes for o in ("cd", "dmd2", "w2s")]
     print("| size | base params (M) | objective | peak memory (MB) | step time (s) |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -136,7 +137,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for s in a.sizes:
         shared = next(r for r in rows if r["size"] == s and r["objective"] == "dmd2")
-        copies = _subprocess("dmd2", s, "copies")
+        copies = child_json("eval.objective_bench", "--one", "dmd2", s, "copies")
         print(f"| {s} | {shared['peak_mb']:.0f} | {copies['peak_mb']:.0f} | {copies['peak_mb'] / shared['peak_mb']:.2f}x |")
 
 

@@ -23,7 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
+from eval.harness.report import own_overrides
 
 SCORES = ("quality", "semantic", "total", "colour", "shape", "motion", "count")
 
@@ -40,11 +40,6 @@ def find_runs(*roots: str | Path) -> list[Path]:
     return runs
 
 
-def _overrides(run: Path) -> list[str]:
-    path = run / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-
-
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
@@ -54,12 +49,11 @@ def collect(*roots: str | Path) -> list[dict]:
     same without ``seed=``), ``sampler``, the scores, ``sec_per_video``, ``train_steps``,
     ``train_minutes`` and ``path`` (the run's folder)."""
     runs = find_runs(*roots)
-    overrides = {run: _overrides(run) for run in runs}
-    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    overrides = own_overrides(runs)
     rows = []
     for run in runs:
         done, metrics = json.loads((run / "DONE").read_text()), _metrics(run)
-        differ = [o for o in overrides[run] if o not in shared]
+        differ = overrides[run]
         label = " ".join(differ) or run.name
         arm = " ".join(o for o in differ if not o.startswith("seed=")) or "(default)"
         for sampler, scores in (done.get("eval") or {}).items():

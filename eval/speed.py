@@ -21,12 +21,11 @@ from pathlib import Path
 
 import torch
 
+from eval.objective_bench import random_wan
 from turbo.denoiser import Denoiser
 from turbo.inference import prepare_for_inference, weight_bytes
-from turbo.models import random_backbone, random_cond, tiny_wan
+from turbo.models import random_backbone, random_cond
 from turbo.sampling import Sampler
-from turbo.schedule import FlowSchedule
-from turbo.text import TextCond
 from turbo.timing import median_seconds, speedup_bound
 
 SIZES = {
@@ -88,12 +87,9 @@ def run(size: str, device: str, dtype: torch.dtype, repeats: int, shape: tuple[i
     if size in SIZES:
         kwargs, default_shape = SIZES[size]
         shape = shape or default_shape
-        d = Denoiser(tiny_wan(seed=0, **kwargs), FlowSchedule(shift=5.0), "wan").to(dev, dtype)
+        d, cond = random_wan(kwargs, dev, dtype, tokens=32)
         targets = ["to_q", "to_k", "to_v", "to_out.0"]
-        text_dim = kwargs["text_dim"]
-        cond = TextCond(torch.randn(1, 32, text_dim, device=dev, dtype=dtype),
-                        torch.ones(1, 32, dtype=torch.long, device=dev))
-        uncond = TextCond(torch.zeros_like(cond.embeds), cond.mask)
+        uncond = cond.replace(embeds=torch.zeros_like(cond.embeds))
     elif size in real_configs():
         d, targets, cond, uncond, shape = _real(size, dev, dtype, shape)
     else:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
 from rewards.clip import tiny_clip_model
 from rewards.loading import load_checkpoint_into, read_state_dict
+from turbo.seeding import seeded
 
 HeadKind = Literal["linear", "mlp", "mlp_relu"]
 # Linear layer indices inside ``layers`` (an nn.Sequential) for each MLP head; the rest are
@@ -187,7 +188,5 @@ def tiny_aesthetic_reward(seed: int = 0, image_size: int = 32, head: HeadKind = 
     """
     visual = tiny_clip_model(seed, image_size=image_size).visual
     embed_dim = visual.output_dim
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = aesthetic_head(head, (embed_dim, 1) if head == "linear" else (embed_dim, 16, 8, 8, 4, 1))
+    module = seeded(seed, lambda: aesthetic_head(head, (embed_dim, 1) if head == "linear" else (embed_dim, 16, 8, 8, 4, 1)))
     return AestheticReward(visual, module, image_size=image_size, name=name)

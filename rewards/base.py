@@ -15,6 +15,7 @@ frames a reward sees is decided by ``rewards.mixture``, not here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -29,6 +30,28 @@ OPENAI_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 # Values this far outside [0, 1] are accepted: decoders and resamplers overshoot a little.
 RANGE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class TowerSizes:
+    """Base of the dual-encoder size configs (ImageReward, ViCLIP, InternVideo2): the image tiles into
+    patches and every attention width splits into its heads; ``large(**changes)``: the defaults, changed."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.image_size % self.patch_size:
+            raise ValueError(f"{name}: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads, what in self.head_splits():
+            if width % heads:
+                raise ValueError(f"{name}: {what} width {width} is not divisible by {heads} heads")
+
+    def head_splits(self) -> tuple[tuple[int, int, str], ...]:
+        """(width, heads, tower) of every attention that splits a width into heads."""
+        return ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text"))
+
+    @classmethod
+    def large(cls, **changes):
+        return replace(cls(), **changes)
 
 
 class RewardInputError(ValueError):

@@ -9,17 +9,17 @@ text side is computed without gradients and cached per prompt string.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import open_clip
-import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
+from rewards.loading import read_state_dict
+from turbo.seeding import seeded
 
 Tokenizer = Callable[[list[str]], Tensor]  # list of N strings -> N,context_length int64 token ids
 
@@ -101,22 +101,7 @@ def tiny_clip_model(
         layers=layers, width=width, head_width=width // heads, patch_size=patch_size, image_size=image_size
     )
     text = CLIPTextCfg(context_length=context_length, width=width, heads=heads, layers=layers)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return CLIP(embed_dim, vision_cfg=vision, text_cfg=text)
-
-
-def _load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A state dict from a local .safetensors file or a torch pickle (optionally under 'state_dict')."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {str(path)!r} (expected a local file)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    return seeded(seed, lambda: CLIP(embed_dim, vision_cfg=vision, text_cfg=text))
 
 
 def tiny_clip_reward(
@@ -138,7 +123,7 @@ def tiny_clip_reward(
     """
     model = tiny_clip_model(seed, image_size, embed_dim, width, layers, heads, patch_size, context_length)
     if checkpoint is not None:
-        model.load_state_dict(_load_state_dict(checkpoint))
+        model.load_state_dict(read_state_dict(checkpoint, key=f"reward.{name}.model.checkpoint", who=f"reward '{name}'"))
     # The BPE vocabulary ships inside the open_clip package: no network access.
     tokenizer = SimpleTokenizer(context_length=context_length)
     return CLIPReward(model, tokenizer, image_size=image_size, name=name)

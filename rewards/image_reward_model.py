@@ -25,6 +25,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
+from rewards.base import TowerSizes
 from rewards.internvideo2 import TINY_VOCAB
 from rewards.loading import load_checkpoint_into
 
@@ -36,7 +37,7 @@ UNUSED_KEYS: tuple[str, ...] = ("blip.vision_proj.", "blip.text_proj.", "blip.te
 
 
 @dataclass(frozen=True)
-class ImageRewardConfig:
+class ImageRewardConfig(TowerSizes):
     """Sizes of an ImageReward model. The defaults are ImageReward-v1.0 (BLIP ViT-L/16, BERT-base)."""
 
     image_size: int = 224
@@ -55,17 +56,9 @@ class ImageRewardConfig:
     head_widths: tuple[int, ...] = (1024, 128, 64, 16)
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"ImageRewardConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for width, heads, what in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
-            if width % heads:
-                raise ValueError(f"ImageRewardConfig: {what} width {width} is not divisible by {heads} heads")
+        super().__post_init__()
         if len(self.head_widths) != 4:
             raise ValueError(f"ImageRewardConfig: head_widths must have 4 entries (3 dropouts), found {self.head_widths}")
-
-    @classmethod
-    def large(cls, **changes) -> "ImageRewardConfig":
-        return replace(cls(), **changes)
 
     @classmethod
     def tiny(cls, **changes) -> "ImageRewardConfig":

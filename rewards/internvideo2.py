@@ -36,7 +36,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from rewards.internvideo2_model import (  # noqa: F401 (re-exported: the architecture lives there)
@@ -44,6 +43,7 @@ from rewards.internvideo2_model import (  # noqa: F401 (re-exported: the archite
 )
 from rewards.loading import load_checkpoint_into
 from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, VideoTextReward
+from turbo.seeding import seeded
 
 # Entries of the official checkpoint that the score does not use (exact names, or prefixes
 # ending in "."; see the module docstring). The fusion layers are added per config.
@@ -101,9 +101,7 @@ def load_bert_tokenizer(path: str | os.PathLike, *, name: str = "internvideo2"):
 def tiny_internvideo2_model(seed: int = 0, **changes) -> InternVideo2:
     """A seeded random :func:`InternVideo2Config.tiny` model; the global torch RNG is left untouched."""
     config = InternVideo2Config.tiny(**changes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return InternVideo2(config)
+    return seeded(seed, lambda: InternVideo2(config))
 
 
 def _reward(model: InternVideo2, tokenizer, name: str, antialias: bool, gradient_checkpointing: bool) -> VideoTextReward:

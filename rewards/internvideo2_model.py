@@ -14,11 +14,16 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from timm.layers import Mlp
 from torch import Tensor, nn
 
+from rewards.base import TowerSizes
+
+
 @dataclass(frozen=True)
-class InternVideo2Config:
-    """Sizes of an InternVideo2 stage-2 model. The defaults are the 1B / BERT-large release."""
+class InternVideo2Config(TowerSizes):
+    """Sizes of an InternVideo2 stage-2 model. The defaults (``large()``) are the 1B / BERT-large release:
+    ViT 1408 x 40, BERT-large text, 512-d shared space."""
 
     image_size: int = 224
     patch_size: int = 14
@@ -38,25 +43,12 @@ class InternVideo2Config:
     text_positions: int = 512
     max_text_length: int = 40
 
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"InternVideo2Config: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for width, heads, what in (
-            (self.vision_width, self.vision_heads, "vision"),
-            (self.vision_width, self.pool_heads, "pooling"),
-            (self.text_width, self.text_heads, "text"),
-        ):
-            if width % heads:
-                raise ValueError(f"InternVideo2Config: {what} width {width} is not divisible by {heads} heads")
+    def head_splits(self) -> tuple[tuple[int, int, str], ...]:
+        return (*super().head_splits(), (self.vision_width, self.pool_heads, "pooling"))
 
     @property
     def patches_per_frame(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    @classmethod
-    def large(cls, **changes) -> "InternVideo2Config":
-        """InternVideo2-S2 1B: ViT 1408 x 40, BERT-large text, 512-d shared space."""
-        return replace(cls(), **changes)
 
     @classmethod
     def tiny(cls, **changes) -> "InternVideo2Config":
@@ -123,17 +115,6 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class Mlp(nn.Module):
-    def __init__(self, width: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: InternVideo2Config) -> None:
         super().__init__()
@@ -141,7 +122,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg.vision_width, cfg.vision_heads)
         self.ls1 = LayerScale(cfg.vision_width)
         self.norm2 = RMSNorm(cfg.vision_width)
-        self.mlp = Mlp(cfg.vision_width, cfg.vision_mlp_width)
+        self.mlp = Mlp(cfg.vision_width, cfg.vision_mlp_width)  # timm's: fc1, GELU, fc2 (no dropout at p=0)
         self.ls2 = LayerScale(cfg.vision_width)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -149,10 +149,13 @@ def read_state_dict(
     if path.suffix != ".safetensors" and _is_torchscript(path):
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
-        from rewards.clip import _load_state_dict  # safetensors, or torch.load(weights_only=True)
-
         try:
-            state = _load_state_dict(path)
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path), device="cpu")
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             allow_key = key.rsplit(".", 1)[0] + ".allow_pickle" if "." in key else "allow_pickle"
             if not allow_pickle:

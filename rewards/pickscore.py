@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from rewards.base import OPENAI_MEAN, OPENAI_STD, preprocess_images
 from rewards.clip import CLIPReward
 from rewards.loading import check_keys
+from turbo.seeding import seeded
 
 if TYPE_CHECKING:  # transformers is imported lazily: it costs seconds
     from transformers import CLIPConfig, PreTrainedTokenizerBase
@@ -239,7 +240,5 @@ def tiny_pickscore_reward(seed: int = 0, image_size: int = 32, name: str = "pick
     """
     from transformers import CLIPModel
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clip = CLIPModel(tiny_clip_config(image_size=image_size))
+    clip = seeded(seed, lambda: CLIPModel(tiny_clip_config(image_size=image_size)))
     return PickScoreReward(clip, openai_clip_tokenizer(), resize=image_size, crop=image_size, match_pil=match_pil, name=name)

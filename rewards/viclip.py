@@ -38,13 +38,16 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 from torch import Tensor, nn
 
+from rewards.base import TowerSizes
 from rewards.loading import load_checkpoint_into
 from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, VideoTextReward
+from turbo.seeding import seeded
 
 
 @dataclass(frozen=True)
-class ViCLIPConfig:
-    """Sizes of a ViCLIP model. The defaults are ViCLIP-L/14 (InternVid-10M-FLT)."""
+class ViCLIPConfig(TowerSizes):
+    """Sizes of a ViCLIP model. The defaults (``large()``) are ViCLIP-L/14 (InternVid-10M-FLT): ViT-L/14
+    (1024 wide, 24 layers, 16 heads), text 768 x 12, output 768."""
 
     image_size: int = 224
     patch_size: int = 14
@@ -58,18 +61,6 @@ class ViCLIPConfig:
     text_heads: int = 12
     context_length: int = 32
     vocab_size: int = 49408  # OpenAI CLIP BPE
-
-    def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"ViCLIPConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        for width, heads, tower in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text")):
-            if width % heads:
-                raise ValueError(f"ViCLIPConfig: {tower} width {width} is not divisible by {heads} heads")
-
-    @classmethod
-    def large(cls, **changes) -> "ViCLIPConfig":
-        """ViCLIP-L/14: ViT-L/14 (1024 wide, 24 layers, 16 heads), text 768 x 12, output 768."""
-        return replace(cls(), **changes)
 
     @classmethod
     def base(cls, **changes) -> "ViCLIPConfig":
@@ -220,9 +211,7 @@ def tiny_viclip_model(seed: int = 0, **changes) -> ViCLIP:
     The global torch RNG is left untouched (the seed is applied inside a forked RNG).
     """
     config = ViCLIPConfig.tiny(**changes)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ViCLIP(config)
+    return seeded(seed, lambda: ViCLIP(config))
 
 
 def _tokenizer(config: ViCLIPConfig, tokenizer_path: str | os.PathLike | None, name: str) -> SimpleTokenizer:

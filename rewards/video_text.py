@@ -17,7 +17,7 @@ random crop, which would make the reward stochastic: not reproduced.)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,18 +75,6 @@ def preprocess_frames(
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
-
-
-class VideoTextModel(Protocol):
-    """What :class:`VideoTextReward` needs from a dual encoder."""
-
-    def encode_video(self, pixels: Tensor) -> Tensor:
-        """B,T,3,S,S normalised pixels -> B,D features (not normalised)."""
-        ...
-
-    def encode_text(self, tokens: Any) -> Tensor:
-        """The tokenizer's output for B prompts -> B,D features (not normalised)."""
-        ...
 
 
 Tokenizer = Callable[[list[str]], Any]  # N strings -> a Tensor or a mapping of Tensors

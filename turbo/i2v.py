@@ -35,6 +35,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from turbo.config import ConfigError, build
+from turbo.seeding import seeded
 from turbo.text import TextCond
 from turbo.vae import VideoVAE
 from turbo.video import resize_cover_crop
@@ -89,10 +90,7 @@ def tiny_clip_vision(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, 
 
     config = CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
                               num_attention_heads=2, image_size=image_size, patch_size=patch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPVisionModel(config)
-    return ClipImageEncoder(model)
+    return ClipImageEncoder(seeded(seed, lambda: CLIPVisionModel(config)))
 
 
 def load_image_encoder(path: str, key: str = "model.i2v.image_encoder.path") -> ClipImageEncoder:

@@ -104,9 +104,6 @@ class Schedule(ABC):
     def to_x0(self, out: Tensor, x_t: Tensor, t: Tensor | int) -> Tensor:
         return self.to_x0_eps(out, x_t, t)[0]
 
-    def to_eps(self, out: Tensor, x_t: Tensor, t: Tensor | int) -> Tensor:
-        return self.to_x0_eps(out, x_t, t)[1]
-
     def target(self, x0: Tensor, noise: Tensor, t: Tensor | int) -> Tensor:
         """The raw output a perfect network gives at x_t = add_noise(x0, noise, t):
         the regression target of the ordinary denoising loss."""

@@ -28,9 +28,13 @@ def find_results(*roots: str | Path) -> list[Path]:
     return found
 
 
-def _overrides(folder: Path) -> list[str]:
-    path = folder / ".hydra" / "overrides.yaml"
-    return [str(o) for o in yaml.safe_load(path.read_text()) or []] if path.is_file() else []
+def own_overrides(folders: list[Path]) -> dict[Path, list[str]]:
+    """Each folder's Hydra overrides (``.hydra/overrides.yaml``) less those every folder shares: what
+    tells the runs (turbo-train) or evaluations (turbo-eval) apart."""
+    paths = {f: f / ".hydra" / "overrides.yaml" for f in folders}
+    overrides = {f: [str(o) for o in yaml.safe_load(p.read_text()) or []] if p.is_file() else [] for f, p in paths.items()}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+    return {f: [o for o in own if o not in shared] for f, own in overrides.items()}
 
 
 def collect(*roots: str | Path) -> list[dict]:
@@ -39,15 +43,14 @@ def collect(*roots: str | Path) -> list[dict]:
     folders = find_results(*roots)
     if not folders:
         raise FileNotFoundError(f"turbo-report: no results.json (written by turbo-eval) under {', '.join(map(str, roots))}")
-    overrides = {f: _overrides(f) for f in folders}
-    shared = set.intersection(*(set(o) for o in overrides.values()))
+    overrides = own_overrides(folders)
     rows = []
     for folder in folders:
         try:
             result = json.loads((folder / "results.json").read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{folder / 'results.json'}: is not JSON ({e.msg}); expected turbo-eval's results") from None
-        own = [o for o in overrides[folder] if o not in shared]
+        own = overrides[folder]
         settings = dict(o.split("=", 1) for o in own if "=" in o)
         label = " ".join(own) or (TEACHER if not result.get("lora") else folder.name)
         rows.append({**result, "label": label, "settings": settings, "path": str(folder)})

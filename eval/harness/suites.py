@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 VIDEOS_PER_PROMPT = 5        # VBench / VBench-I2V: 5 videos per prompt, one seed each
-FLICKER_PER_PROMPT = 25      # VBench temporal_flickering: 25 sampled, the static filter keeps 5
 EVALCRAFTER_PROMPTS = 700
 I2V_RATIOS = {"1-1": 1.0, "8-5": 8 / 5, "7-4": 7 / 4, "16-9": 16 / 9}  # the crops VBench-I2V ships
 MAX_NAME_BYTES = 255

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from turbo.families import get_family
-from turbo.models.tiny import _seeded
+from turbo.seeding import seeded
 from turbo.text import TextCond
 
 
@@ -45,7 +45,7 @@ def random_backbone(family: str, arch: Mapping[str, Any], device: str | torch.de
         if dtype is not None and dtype.is_floating_point:
             torch.set_default_dtype(dtype)  # build in the target dtype: no float32 copy of a 14B network
         with torch.device(device):
-            model = _seeded(seed, lambda: cls(**arch))
+            model = seeded(seed, lambda: cls(**arch))
     finally:
         torch.set_default_dtype(default)
     return model if dtype is None else model.to(dtype)

@@ -6,18 +6,12 @@ Every builder seeds a forked RNG, so building a model never moves the caller's r
 
 from __future__ import annotations
 
-import torch
 from diffusers import AutoencoderKLWan, UNet3DConditionModel, WanTransformer3DModel
 from transformers import ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
+from turbo.seeding import seeded
 from turbo.text import (CLIPTextEncoder, HunyuanVideoTextEncoder, SD3TextEncoder, SDXLTextEncoder, TextEncoder)
 from turbo.vae import VideoVAE
-
-
-def _seeded(seed: int, build):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 def tiny_wan(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_heads: int = 2,
@@ -27,7 +21,7 @@ def tiny_wan(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_head
     I2V (Wan2.1-I2V's layout): ``in_channels`` 16 + 16 + 4 (noisy latent, first-frame latent, mask),
     ``out_channels`` 16, and ``image_dim`` the width of the image tokens (CLIP vision features)
     read by an extra cross-attention (``added_kv_proj_dim`` = the model width, as in Wan)."""
-    return _seeded(seed, lambda: WanTransformer3DModel(
+    return seeded(seed, lambda: WanTransformer3DModel(
         patch_size=tuple(patch_size), num_attention_heads=num_heads, attention_head_dim=head_dim,
         in_channels=in_channels, out_channels=out_channels or in_channels, text_dim=text_dim, freq_dim=256,
         ffn_dim=ffn_dim, num_layers=num_layers, rope_max_seq_len=32, image_dim=image_dim,
@@ -37,7 +31,7 @@ def tiny_wan(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_head
 def tiny_unet3d(seed: int = 0, in_channels: int = 4, block_out_channels: tuple[int, ...] = (32, 64),
                 cross_attention_dim: int = 32) -> UNet3DConditionModel:
     """A two-level ``UNet3DConditionModel`` (the ModelScope T2V architecture)."""
-    return _seeded(seed, lambda: UNet3DConditionModel(
+    return seeded(seed, lambda: UNet3DConditionModel(
         block_out_channels=tuple(block_out_channels), layers_per_block=1, sample_size=4,
         in_channels=in_channels, out_channels=in_channels,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
@@ -47,7 +41,7 @@ def tiny_unet3d(seed: int = 0, in_channels: int = 4, block_out_channels: tuple[i
 def tiny_wan_vae(seed: int = 0, base_dim: int = 8, z_dim: int = 16) -> VideoVAE:
     """An ``AutoencoderKLWan`` with Wan's compression (8x space, 4x time, causal) and few channels.
     Latent statistics are left at identity (mean 0, std 1): a random VAE has no data statistics."""
-    vae = _seeded(seed, lambda: AutoencoderKLWan(
+    vae = seeded(seed, lambda: AutoencoderKLWan(
         base_dim=base_dim, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
         temperal_downsample=[False, True, True], latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim))
     return VideoVAE(vae)
@@ -59,7 +53,7 @@ def tiny_text_encoder(seed: int = 0, dim: int = 32, num_layers: int = 2, max_len
     tokenizer = ByT5Tokenizer()
     config = UMT5Config(vocab_size=len(tokenizer), d_model=dim, num_layers=num_layers, num_heads=2,
                         d_kv=dim // 2, d_ff=2 * dim, relative_attention_num_buckets=8, dropout_rate=0.0)
-    return TextEncoder(_seeded(seed, lambda: UMT5EncoderModel(config)), tokenizer, max_length)
+    return TextEncoder(seeded(seed, lambda: UMT5EncoderModel(config)), tokenizer, max_length)
 
 
 def tiny_sd_vae(seed: int = 0, latent_channels: int = 4, scaling_factor: float = 0.18215,
@@ -68,7 +62,7 @@ def tiny_sd_vae(seed: int = 0, latent_channels: int = 4, scaling_factor: float =
     SDXL: ``scaling_factor`` 0.13025; SD3: 16 channels, 1.5305 and ``shift_factor`` 0.0609."""
     from diffusers import AutoencoderKL
 
-    vae = _seeded(seed, lambda: AutoencoderKL(
+    vae = seeded(seed, lambda: AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8),
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, norm_num_groups=4, scaling_factor=scaling_factor, shift_factor=shift_factor))
@@ -80,7 +74,7 @@ def tiny_hunyuan_vae(seed: int = 0, latent_channels: int = 16) -> VideoVAE:
     and scaling factor (0.476986), and few channels."""
     from diffusers import AutoencoderKLHunyuanVideo
 
-    return VideoVAE(_seeded(seed, lambda: AutoencoderKLHunyuanVideo(
+    return VideoVAE(seeded(seed, lambda: AutoencoderKLHunyuanVideo(
         latent_channels=latent_channels, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)))
 
 
@@ -95,7 +89,7 @@ def tiny_hunyuan(seed: int = 0, in_channels: int = 16, out_channels: int | None 
 
     t = head_dim // 4 if head_dim // 4 % 2 == 0 else head_dim // 4 - 1
     hw = (head_dim - t) // 2
-    return _seeded(seed, lambda: HunyuanVideoTransformer3DModel(
+    return seeded(seed, lambda: HunyuanVideoTransformer3DModel(
         in_channels=in_channels, out_channels=out_channels or in_channels, num_attention_heads=num_heads,
         attention_head_dim=head_dim, num_layers=num_layers, num_single_layers=num_single_layers,
         num_refiner_layers=1, mlp_ratio=2.0, patch_size=2, patch_size_t=1, guidance_embeds=guidance_embeds,
@@ -123,7 +117,7 @@ def tiny_unet2d(seed: int = 0, in_channels: int = 4, block_out_channels: tuple[i
                       use_linear_projection=True, transformer_layers_per_block=(1, 2),
                       addition_embed_type="text_time", addition_time_embed_dim=time_embed,
                       projection_class_embeddings_input_dim=6 * time_embed + pooled_dim)
-    return _seeded(seed, lambda: UNet2DConditionModel(**common, **kwargs))
+    return seeded(seed, lambda: UNet2DConditionModel(**common, **kwargs))
 
 
 def tiny_sd3(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_heads: int = 2, head_dim: int = 16,
@@ -131,7 +125,7 @@ def tiny_sd3(seed: int = 0, in_channels: int = 16, num_layers: int = 2, num_head
     """A two-block ``SD3Transformer2DModel`` (MMDiT, patch 2, positions up to 32x32 patches)."""
     from diffusers import SD3Transformer2DModel
 
-    return _seeded(seed, lambda: SD3Transformer2DModel(
+    return seeded(seed, lambda: SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=in_channels, out_channels=in_channels, num_layers=num_layers,
         attention_head_dim=head_dim, num_attention_heads=num_heads, joint_attention_dim=text_dim,
         caption_projection_dim=num_heads * head_dim, pooled_projection_dim=pooled_dim, pos_embed_max_size=32))
@@ -146,7 +140,7 @@ def _clip(seed: int, dim: int, projection_dim: int | None = None, max_positions:
                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=max_positions,
                             projection_dim=projection_dim or dim, pad_token_id=0, bos_token_id=1, eos_token_id=1)
     cls = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
-    return _seeded(seed, lambda: cls(config))
+    return seeded(seed, lambda: cls(config))
 
 
 def _clip_tokenizer(max_length: int = 77) -> ByT5Tokenizer:
@@ -176,7 +170,7 @@ def tiny_sd3_text_encoder(seed: int = 0, clip_dim: int = 16, t5_dim: int = 64, p
     t5 = T5Config(vocab_size=len(tok), d_model=t5_dim, d_kv=t5_dim // 2, d_ff=2 * t5_dim, num_layers=2,
                   num_heads=2, relative_attention_num_buckets=8, dropout_rate=0.0)
     return SD3TextEncoder(_clip(seed, clip_dim, pooled_dim), _clip_tokenizer(), _clip(seed + 1, clip_dim, pooled_dim),
-                          _clip_tokenizer(), _seeded(seed + 2, lambda: T5EncoderModel(t5)), tok, max_length)
+                          _clip_tokenizer(), seeded(seed + 2, lambda: T5EncoderModel(t5)), tok, max_length)
 
 
 def tiny_hunyuan_text_encoder(seed: int = 0, dim: int = 32, pooled_dim: int = 32,
@@ -189,5 +183,5 @@ def tiny_hunyuan_text_encoder(seed: int = 0, dim: int = 32, pooled_dim: int = 32
     llama = LlamaConfig(vocab_size=len(tok), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=3,
                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
                         pad_token_id=0, bos_token_id=None, eos_token_id=1)
-    return HunyuanVideoTextEncoder(_seeded(seed, lambda: LlamaModel(llama)), tok, _clip(seed + 1, pooled_dim),
+    return HunyuanVideoTextEncoder(seeded(seed, lambda: LlamaModel(llama)), tok, _clip(seed + 1, pooled_dim),
                                    _clip_tokenizer(), max_length, crop_start=None)

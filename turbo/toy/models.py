@@ -16,7 +16,8 @@ import torch.nn.functional as nnf
 from torch import Tensor, nn
 from transformers import UMT5Config, UMT5EncoderModel
 
-from turbo.models.tiny import _seeded, tiny_wan
+from turbo.models.tiny import tiny_wan
+from turbo.seeding import seeded
 from turbo.text import TextEncoder
 from turbo.toy.vocab import MAX_LENGTH, VOCAB, toy_tokenizer
 from turbo.toy.world import parse_caption
@@ -72,7 +73,7 @@ def toy_text_encoder_model(seed: int = 0, dim: int = 32, num_layers: int = 2) ->
     config = UMT5Config(vocab_size=len(VOCAB), d_model=dim, num_layers=num_layers, num_heads=2, d_kv=dim // 2,
                         d_ff=2 * dim, relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0,
                         eos_token_id=VOCAB["</s>"], decoder_start_token_id=0)
-    return _seeded(seed, lambda: UMT5EncoderModel(config))
+    return seeded(seed, lambda: UMT5EncoderModel(config))
 
 
 class ToyTextEncoder(TextEncoder):
