@@ -260,13 +260,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--pool-age", type=int, default=40, help="with --robust: refinements before an attack restarts")
     parser.add_argument("--negatives", type=int, default=16, help="with --robust: simple and attacked negatives per step")
     parser.add_argument("--hinge", type=float, default=0.0, help="with --robust: weight of relu(cos(negative, caption))")
+    parser.add_argument("--attack-steps", type=int, default=3, help="with --robust: signed-gradient steps per pool "
+                                                                    "refinement (each training step)")
+    parser.add_argument("--attack-step-size", type=float, default=0.02, help="with --robust: the size of each")
     parser.add_argument("--out", required=True, help="asset folder, e.g. turbo/toy/weights/reward_image_text; "
                                                      "its parent's MANIFEST.json gets the entry")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust, pool_age=args.pool_age,
-                              negatives=args.negatives, hinge=args.hinge)
+                              negatives=args.negatives, hinge=args.hinge, attack_steps=args.attack_steps,
+                              attack_step_size=args.attack_step_size)
     out = save_asset(result.model, args.out)
     reward = (ToyImageText if args.kind == "image" else ToyVideoText)(result.model)
     accuracy = {a: round(ranking_accuracy(reward, a), 4) for a in ATTRIBUTES}
@@ -274,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     recipe = {
         "command": f"python -m rewards.toy_train --kind {args.kind} --steps {args.steps} --seed {args.seed}"
                    f"{f' --robust --pool-age {args.pool_age} --negatives {args.negatives} --hinge {args.hinge}' if args.robust else ''}"
+                   f"{f' --attack-steps {args.attack_steps}' if args.robust and args.attack_steps != 3 else ''}"
+                   f"{f' --attack-step-size {args.attack_step_size}' if args.robust and args.attack_step_size != 0.02 else ''}"
                    f" --out {args.out} "
                    f"--threads {args.threads}",
         **result.settings, "threads": args.threads,
