@@ -107,7 +107,7 @@ def videos_of(stage: Stage, video: DictConfig, bench=None):
 
 
 @torch.no_grad()
-def evaluate(run: Run, stages: dict[str, Stage], seconds: dict | None = None) -> tuple[dict, str]:
+def evaluate(run: Run, stages: dict[str, Stage], seconds: dict) -> tuple[dict, str]:
     """The end-of-run benchmark named by ``eval`` (e.g. ToyBench; eval=none: none) on every stage,
     given the seconds per video that ``sample_videos`` measured. The config names the evaluator, so
     distill/ never imports eval/; any object with ``compare(samplers, out=..., fps=..., nfe=...,
@@ -117,8 +117,8 @@ def evaluate(run: Run, stages: dict[str, Stage], seconds: dict | None = None) ->
         return {}, ""
     samplers = {label: videos_of(stage, run.cfg.video, run.bench) for label, stage in stages.items()}
     nfe = {label: stage.sampler.nfe for label, stage in stages.items()}
-    timed = {} if seconds is None else {"seconds": seconds["stages"], "timed_on": seconds["timed_on"]}
-    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe, **timed)
+    return run.bench.compare(samplers, out=str(run.out.path / "eval"), fps=run.cfg.samples.fps, nfe=nfe,
+                             seconds=seconds["stages"], timed_on=seconds["timed_on"])
 
 
 @torch.no_grad()

@@ -83,9 +83,9 @@ def toy_table(steps: int) -> str:
     with tempfile.TemporaryDirectory() as cache:
         with initialize_config_module(config_module="conf", version_base="1.3"):
             build_cache(compose("cache", overrides=["data.size=64", f"cache.dir={cache}", "device=cpu"]))
-        rows = {arm: child_json("eval.cache_bench", "--child", arm, "--cache", cache, "--steps", str(steps)).values()
+        rows = {arm: child_json("eval.cache_bench", "--child", arm, "--cache", cache, "--steps", str(steps))
                 for arm in ("plain", "cached")}
-    (t_plain, m_plain), (t_cached, m_cached) = rows["plain"], rows["cached"]
+    (t_plain, m_plain), (t_cached, m_cached) = ((rows[a]["seconds"], rows[a]["peak_mb"]) for a in ("plain", "cached"))
     return "\n".join([
         f"| toy default (CD + toy rewards, batch 4), {steps} steps | s / step (median) | peak RSS MB |",
         "|---|---|---|", f"| data=toy (encodes every step) | {t_plain:.3f} | {m_plain:.0f} |",
