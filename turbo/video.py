@@ -193,9 +193,9 @@ class VideoWriter:
             self._tmp_path.unlink(missing_ok=True)
 
 
-def write_video(path: str | os.PathLike[str], video: Tensor | np.ndarray, fps: float = 8) -> Path:
+def write_video(path: str | os.PathLike[str], video: Tensor | np.ndarray, fps: float = 8, crf: int = 18) -> Path:
     """Write ``video`` (``F,3,H,W`` float in [0, 1] or ``F,H,W,3`` uint8) to an mp4; return its path."""
-    with VideoWriter(path, fps=fps) as writer:
+    with VideoWriter(path, fps=fps, crf=crf) as writer:
         writer.write(video)
     return Path(path)
 

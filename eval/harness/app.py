@@ -125,9 +125,13 @@ def make_generate(cfg: DictConfig, suite: Suite):
 def sample(cfg: DictConfig, suite: Suite, out: Path):
     from turbo.video import write_video
 
+    crf = cfg.crf
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise ConfigError(f"crf={crf!r}: expected an integer in 0..51 (libx264's constant rate factor; 0 is lossless)")
     generate, extra = make_generate(cfg, suite)
     report = sample_suite(generate, suite.items, out, shard=int(cfg.shard), num_shards=int(cfg.num_shards),
-                          write=lambda path, video: write_video(path, video, fps=float(cfg.fps)), extra=extra)
+                          write=lambda path, video: write_video(path, video, fps=float(cfg.fps), crf=int(cfg.crf)),
+                          extra=extra)
     print(f"turbo-eval: shard {report.shard}/{report.num_shards}: {report.written} videos written, "
           f"{report.skipped} already there ({report.seconds:.1f} s)")
     return report
