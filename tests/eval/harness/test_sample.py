@@ -189,7 +189,7 @@ def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
     from eval.harness import app
     from turbo.pipeline import load_stage, sampler_from_config, t2i2v
 
-    over = ["model=toy_i2v", "suite.num_prompts=2", "stage=sample"]
+    over = ["model=toy_i2v", "suite.num_prompts=2", "stage=sample", "crf=0"]   # lossless: comparable exactly
     factored = [*over, "+model@image_stage.model=toy_t2i", "image_stage.sampler.teacher.steps=2"]
     run(cfg_for(factored), tmp_path / "factored")
     run(cfg_for(over), tmp_path / "true_frames")
@@ -199,7 +199,7 @@ def test_the_factored_pipeline_samples_a_text_suite_with_an_i2v_model(tmp_path):
     item = build_suite(cfg).items[1]
     want = t2i2v(image, video, [item.prompt], item.seed, 9, 32, 32)[0]
     from turbo.video import write_video
-    write_video(tmp_path / "want.mp4", want, fps=8)                 # the same mp4 round trip as the harness's
+    write_video(tmp_path / "want.mp4", want, fps=8, crf=0)          # the same mp4 round trip as the harness's
     got = frames(tmp_path / "factored" / "videos")[item.file]
     np.testing.assert_array_equal(got, read_video(tmp_path / "want.mp4")[0].numpy())
     assert np.abs(got - frames(tmp_path / "true_frames" / "videos")[item.file]).max() > 0.1
@@ -270,7 +270,8 @@ def test_a_student_folder_samples_as_its_sampler_json_says(tmp_path):
 
     folder = tmp_path / "run" / "student"
     perturbed_student("toy_t2v", folder)                                  # consistency, 2 steps, w = 3
-    run(cfg_for([f"lora={folder}", "suite.num_prompts=2", "stage=sample"]), tmp_path / "eval")
+    # crf=0: only lossless files can be compared exactly (lossy x264 varies between encodes)
+    run(cfg_for([f"lora={folder}", "suite.num_prompts=2", "stage=sample", "crf=0"]), tmp_path / "eval")
     item = build_suite(cfg_for([])).items[1]
     row = read_manifest(tmp_path / "eval")[item.file]
     assert row["lora"] == str(folder) and row["sampler"] == SAMPLERS["consistency"].to_dict()
@@ -278,6 +279,6 @@ def test_a_student_folder_samples_as_its_sampler_json_says(tmp_path):
         pipe = load(compose("generate", overrides=["model=toy_t2v", f"lora={folder}"]))
     assert pipe.sampler == SAMPLERS["consistency"]
     want = pipe.video([item.prompt], 9, 32, 32, torch.Generator().manual_seed(item.seed))[0]
-    write_video(tmp_path / "want.mp4", want, fps=8)
+    write_video(tmp_path / "want.mp4", want, fps=8, crf=0)
     np.testing.assert_array_equal(frames(tmp_path / "eval" / "videos")[item.file],
                                   read_video(tmp_path / "want.mp4")[0].numpy())
