@@ -160,6 +160,7 @@ STRING = Rule((str,), expect="a string")
 OPTIONAL_STRING = Rule((str,), expect="a string or null", nullable=True)
 STRINGS = Rule((list, tuple), lambda v: all(isinstance(s, str) for s in v), "a list of strings")
 ANY = Rule((object,), nullable=True)
+CRF = Rule((int,), lambda v: 0 <= v <= 51, "an integer in 0..51 (libx264's constant rate factor; 0 is lossless)")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from turbo.config import (BOOL, DEVICE, MODEL, OPTIONAL_STRING, STRING, VIDEO, ConfigError, Rule, Section,
+from turbo.config import (BOOL, CRF, DEVICE, MODEL, OPTIONAL_STRING, STRING, VIDEO, ConfigError, Rule, Section,
                           number, positive_int, report_errors)
 from turbo.config import check_config as check_schema
 from turbo.i2v import load_image
@@ -54,7 +54,8 @@ GENERATE = {
     "long": Section({"windows": positive_int(), "overlap": positive_int()}),
     "inference": Section({"merge_lora": BOOL, "quantize": OPTIONAL_STRING, "attention_backend": OPTIONAL_STRING,
                           "compile": BOOL}),
-    "video": VIDEO, "fps": number(lambda v: v > 0, "a number > 0"), "device": DEVICE,
+    "video": VIDEO, "fps": number(lambda v: v > 0, "a number > 0"), "crf": CRF,
+    "device": DEVICE,
 }
 
 
@@ -169,7 +170,7 @@ def write_long(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, path: Path)
     """A ``long.windows``-window video streamed to ``path`` (turbo/long_video.py)."""
     v, lg = cfg.video, cfg.long
     cond, uncond = pipe.conditions([prompt], cfg.negative_prompt, int(v.num_frames))
-    with VideoWriter(path, fps=cfg.fps) as writer:
+    with VideoWriter(path, fps=cfg.fps, crf=cfg.crf) as writer:
         generate_long(pipe.denoiser, pipe.vae, cond, uncond, window_latent_frames=pipe.vae.latent_frames(v.num_frames),
                       overlap=int(lg.overlap), num_windows=int(lg.windows), sampler=pipe.sampler,
                       generator=torch.Generator().manual_seed(int(seed)), writer=writer,
@@ -206,7 +207,7 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
                                 cfg.negative_prompt)[0].cpu()
             else:
                 video = pipe.vae.decode(sample_latents(pipe, cfg, prompt, seed, image))[0].float().cpu()
-            path = write_video(name, video, fps=cfg.fps)  # video: F,3,H,W in [0,1]
+            path = write_video(name, video, fps=cfg.fps, crf=cfg.crf)  # video: F,3,H,W in [0,1]
         seconds = time.perf_counter() - t0
         if video is None:
             video, _ = read_video(path, num_frames=1)

@@ -25,7 +25,7 @@ from eval.harness.scoring import score, vbench_env_dir
 from eval.harness.suites import (Item, Suite, SuiteError, evalcrafter_items, i2v_ratio, toybench_items,
                                  vbench_i2v_items, vbench_items)
 from turbo.atomic import atomic_write_text
-from turbo.config import ConfigError, report_errors
+from turbo.config import CRF, ConfigError, report_errors
 
 STAGES = ("all", "sample", "score", "aggregate")
 SUITES = ("toybench", "vbench", "vbench_i2v", "evalcrafter")
@@ -125,12 +125,10 @@ def make_generate(cfg: DictConfig, suite: Suite):
 def sample(cfg: DictConfig, suite: Suite, out: Path):
     from turbo.video import write_video
 
-    crf = cfg.crf
-    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
-        raise ConfigError(f"crf={crf!r}: expected an integer in 0..51 (libx264's constant rate factor; 0 is lossless)")
+    CRF.check(cfg.crf, "crf")
     generate, extra = make_generate(cfg, suite)
     report = sample_suite(generate, suite.items, out, shard=int(cfg.shard), num_shards=int(cfg.num_shards),
-                          write=lambda path, video: write_video(path, video, fps=float(cfg.fps), crf=int(cfg.crf)),
+                          write=lambda path, video: write_video(path, video, fps=float(cfg.fps), crf=cfg.crf),
                           extra=extra)
     print(f"turbo-eval: shard {report.shard}/{report.num_shards}: {report.written} videos written, "
           f"{report.skipped} already there ({report.seconds:.1f} s)")
