@@ -51,6 +51,18 @@ def test_toy_backbone_is_the_wan_architecture():
     assert 2e5 < sum(p.numel() for p in backbone.parameters()) < 2e6
 
 
+def test_toy_backbone_starts_from_a_saved_folder_with_new_input_channels_at_zero(tmp_path):
+    source = toy_wan(seed=3)
+    source.save_pretrained(tmp_path / "teacher" / "transformer")
+    backbone = toy_wan(seed=0, in_channels=25, out_channels=12, init=str(tmp_path / "teacher"))
+    own, theirs = backbone.state_dict(), source.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in theirs.items() if k != "patch_embedding.weight")
+    assert torch.equal(own["patch_embedding.weight"][:, :12], theirs["patch_embedding.weight"])
+    assert own["patch_embedding.weight"][:, 12:].abs().sum() == 0
+    with pytest.raises(ValueError, match=r"model.backbone.init=.*\(the architecture numbers must match\)"):
+        toy_wan(head_dim=32, init=str(tmp_path / "teacher"))
+
+
 def test_assets_register_then_verify_and_name_a_corrupt_file(tmp_path):
     folder = tmp_path / "thing"
     (folder / "sub").mkdir(parents=True)

@@ -11,6 +11,8 @@ feedback, frame selection and decode paths run as for SD-style VAEs.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
@@ -101,7 +103,8 @@ def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = Non
     64, patch (1, 2, 2) on the 12-channel pixel latent (one token per 4x4 pixels).
 
     ``init``: start from shipped toy teacher ``init`` instead of random weights (the T2V teacher
-    starts from the T2I one, the I2V teacher from the T2V one). Extra input channels (I2V's
+    starts from the T2I one, the I2V teacher from the T2V one), or from a model folder at path
+    ``init`` (one holding ``transformer/``, such as a run's exported ``teacher/``). Extra input channels (I2V's
     first-frame latent and mask) get zero weights in the patch embedding, so the initialised
     network computes exactly what ``init`` does until training teaches it to read them.
     """
@@ -110,7 +113,12 @@ def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = Non
                         patch_size=patch_size)
     if init is None:
         return backbone
-    source = shipped_backbone(init).state_dict()
+    if Path(init).expanduser().is_dir():
+        from turbo.models.load import load_backbone
+
+        source = load_backbone(init, "wan", key="model.backbone.init").state_dict()
+    else:
+        source = shipped_backbone(init).state_dict()
     own = backbone.state_dict()
     for name, value in source.items():
         if name not in own:
