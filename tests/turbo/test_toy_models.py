@@ -61,6 +61,8 @@ def test_toy_backbone_starts_from_a_saved_folder_with_new_input_channels_at_zero
     assert own["patch_embedding.weight"][:, 12:].abs().sum() == 0
     with pytest.raises(ValueError, match=r"model.backbone.init=.*\(the architecture numbers must match\)"):
         toy_wan(head_dim=32, init=str(tmp_path / "teacher"))
+    with pytest.raises(ValueError, match=r"model.backbone.init='.*nowhere' is neither a shipped toy teacher"):
+        toy_wan(init=str(tmp_path / "nowhere"))
 
 
 def test_assets_register_then_verify_and_name_a_corrupt_file(tmp_path):

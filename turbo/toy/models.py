@@ -113,12 +113,17 @@ def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = Non
                         patch_size=patch_size)
     if init is None:
         return backbone
-    if Path(init).expanduser().is_dir():
+    from turbo.toy.assets import manifest
+
+    if init in manifest():  # a shipped name wins over a folder of that name in the working directory
+        source = shipped_backbone(init).state_dict()
+    elif Path(init).expanduser().is_dir():
         from turbo.models.load import load_backbone
 
         source = load_backbone(init, "wan", key="model.backbone.init").state_dict()
     else:
-        source = shipped_backbone(init).state_dict()
+        raise ValueError(f"model.backbone.init={init!r} is neither a shipped toy teacher ({sorted(manifest())}) "
+                         f"nor a model folder")
     own = backbone.state_dict()
     for name, value in source.items():
         if name not in own:
