@@ -39,12 +39,10 @@ def wan_text_and_vae_params() -> tuple[int, int]:
 
 
 def real_size_table() -> str:
-    from hydra import compose, initialize_config_module
-
+    from turbo.config import compose_config
     from turbo.models.full import parameter_count, random_backbone
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        arch = compose("train", overrides=["model=wan2.1_t2v_14b", "model.path=/unused"]).model.arch
+    arch = compose_config("train", ["model=wan2.1_t2v_14b", "model.path=/unused"]).model.arch
     text, vae = wan_text_and_vae_params()
     transformer = parameter_count(random_backbone("wan", arch))
     gb = 2 / 1e9  # bf16 bytes per parameter, in GB
@@ -61,13 +59,11 @@ def real_size_table() -> str:
 def _child(arm: str, cache: str, steps: int) -> None:
     """One arm in this process: a warm-up, then the median seconds of ``steps`` training steps; prints
     them with the peak memory as JSON."""
-    from hydra import compose, initialize_config_module
-
     from distill.train import setup, train_step
+    from turbo.config import compose_config
 
     data = ["data.size=64"] if arm == "plain" else ["data=cached", f"data.dir={cache}"]
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*data, "~eval", "device=cpu"])
+    cfg = compose_config("train", [*data, "~eval", "device=cpu"])
     with tempfile.TemporaryDirectory() as tmp:
         run, step = setup(cfg, Path(tmp)), itertools.count()
         seconds = median_seconds(lambda: train_step(run, next(step)), repeats=steps)
@@ -76,13 +72,11 @@ def _child(arm: str, cache: str, steps: int) -> None:
 
 
 def toy_table(steps: int) -> str:
-    from hydra import compose, initialize_config_module
-
     from distill.cache import build_cache
+    from turbo.config import compose_config
 
     with tempfile.TemporaryDirectory() as cache:
-        with initialize_config_module(config_module="conf", version_base="1.3"):
-            build_cache(compose("cache", overrides=["data.size=64", f"cache.dir={cache}", "device=cpu"]))
+        build_cache(compose_config("cache", ["data.size=64", f"cache.dir={cache}", "device=cpu"]))
         rows = {arm: child_json("eval.cache_bench", "--child", arm, "--cache", cache, "--steps", str(steps))
                 for arm in ("plain", "cached")}
     (t_plain, m_plain), (t_cached, m_cached) = ((rows[a]["seconds"], rows[a]["peak_mb"]) for a in ("plain", "cached"))

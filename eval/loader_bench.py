@@ -13,16 +13,16 @@ the next batches while the current step computes, which is where they pay even o
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from distill.data import StepBatches, VideoFolderDataset, step_loader
 from eval.toy_teachers import emit
+from turbo.timing import median_seconds
 from turbo.toy.world import ToyWorld
 from turbo.video import write_video
 
@@ -39,16 +39,15 @@ def write_folder(root: Path, videos: int, frames: int, size: int) -> Path:
 
 
 def items_per_second(dataset, batch_size: int, steps: int, workers: int, repeats: int) -> float:
-    batches = StepBatches(dataset, batch_size, seed=0)
+    batches, starts = StepBatches(dataset, batch_size, seed=0), itertools.count(0, steps)
 
-    def one_pass(start: int) -> float:
-        t0 = time.perf_counter()
+    def one_pass() -> None:  # each pass reads the next `steps` batches, as a long run does
+        start = next(starts)
         for _ in step_loader(batches, start, start + steps, num_workers=workers):
             pass
-        return steps * batch_size / (time.perf_counter() - t0)
 
-    one_pass(0)  # warm-up: page cache, worker start-up paid once here as in a long run
-    return statistics.median(one_pass(steps * (r + 1)) for r in range(repeats))
+    # the warm-up pass pays page cache and worker start-up once, as in a long run
+    return steps * batch_size / median_seconds(one_pass, repeats=repeats)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -49,10 +49,9 @@ def parse(argv: list[str]) -> dict:
 
 
 def _model_config(name: str):
-    from hydra import compose, initialize_config_module
+    from turbo.config import compose_config
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose("train", overrides=[f"model={name}", "model.path=/unused"]).model
+    return compose_config("train", [f"model={name}", "model.path=/unused"]).model
 
 
 def lora_params(model: torch.nn.Module, targets: list[str], rank: int) -> int:

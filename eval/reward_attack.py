@@ -124,12 +124,10 @@ def ranking(reward: MixedReward, teacher_videos: dict[str, torch.Tensor]) -> str
 def teacher_samples(bench: ToyBench, model: str = "toy_t2v", steps: int = 50, guidance: float = 3.0,
                     seeds: int = 2) -> dict[str, torch.Tensor]:
     """``seeds`` videos per held-out caption from a shipped toy teacher (its CFG sampler)."""
-    from hydra import compose, initialize_config_module
-
+    from turbo.config import compose_config
     from turbo.pipeline import Sampler, load_stage
 
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        node = compose("train", overrides=[f"model={model}"]).model
+    node = compose_config("train", [f"model={model}"]).model
     stage = load_stage(node, Sampler("teacher", steps=steps, guidance_scale=guidance), torch.device("cpu"))
     w = bench.world
     batches = [stage.video(list(bench.prompts), w.num_frames, w.height, w.width, torch.Generator().manual_seed(s))
@@ -138,9 +136,7 @@ def teacher_samples(bench: ToyBench, model: str = "toy_t2v", steps: int = 50, gu
 
 
 def main(argv: list[str] | None = None) -> str:
-    from hydra import compose, initialize_config_module
-
-    from turbo.config import build
+    from turbo.config import build, compose_config
 
     parser = argparse.ArgumentParser(prog="python -m eval.reward_attack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--reward", default="toy", help="a conf/reward config (default: toy)")
@@ -152,8 +148,7 @@ def main(argv: list[str] | None = None) -> str:
                         help="also: each reward's held-out ranking accuracy on real clips and on the toy T2V teacher's samples")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("train", overrides=[f"reward={args.reward}"])
+    cfg = compose_config("train", [f"reward={args.reward}"])
     reward = build(cfg.reward, "reward")
     bench = ToyBench(num_prompts=args.captions, num_frames=cfg.video.num_frames, height=cfg.video.height,
                      width=cfg.video.width)

@@ -43,7 +43,7 @@ from turbo.toy.world import BACKGROUND, COLOURS
 __all__ = [
     "NORMALISATION", "PALETTE_NAMES", "QUALITY_DIMENSIONS", "SEMANTIC_DIMENSIONS", "Blobs", "DetectedObject",
     "VideoAnalysis", "analyse_video", "analyse_videos", "classify_motion", "classify_pixels", "classify_shape",
-    "detect_objects", "find_blobs",
+    "find_blobs",
 ]
 
 PALETTE_NAMES: tuple[str, ...] = (*COLOURS, "background")
@@ -269,11 +269,6 @@ def _track(video: Tensor, blobs: Blobs, colour: int, min_area: float) -> Detecte
                           motion=classify_motion(dx, dy), presence=len(seen) / frames, areas=areas,
                           kurtosis_ratio=ratio, skewness=skewness, fill=fill, offset=offset,
                           displacement=(dx, dy), path_residual=residual)
-
-
-def detect_objects(video: Tensor) -> list[DetectedObject]:
-    """Objects in an ``F,3,H,W`` clip in [0, 1], largest (mean area) first."""
-    return analyse_video(video).objects
 
 
 @dataclass(frozen=True)

@@ -22,16 +22,29 @@ from __future__ import annotations
 import argparse
 
 import torch
-from hydra import compose, initialize_config_module
 
 from eval.toybench import ToyBench, compare_table
+from turbo.config import compose_config
 from turbo.pipeline import Sampler, load_stage, t2i2v
 
 
 def _stage(name: str, sampler: Sampler, lora: str | None = None):
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        model = compose("train", overrides=[f"model={name}"]).model
+    model = compose_config("train", [f"model={name}"]).model
     return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}", lora=lora)
+
+
+def video(stage, num_frames: int = 9, first_frames: dict | None = None):
+    """A ToyBench sampler ``(prompts, seed) -> B,F,3,32,32`` over ``stage``; an I2V stage starts from
+    ``first_frames[prompt]``."""
+    def sample(prompts: list[str], seed: int) -> torch.Tensor:
+        first = None if first_frames is None else torch.stack([first_frames[p] for p in prompts])
+        return stage.video(prompts, num_frames, 32, 32, torch.Generator().manual_seed(seed), first_frame=first)
+    return sample
+
+
+def factored(t2i, i2v):
+    """A ToyBench sampler: the T2I stage draws the first frame, the I2V stage the video (Magic 1-For-1)."""
+    return lambda prompts, seed: t2i2v(t2i, i2v, prompts, seed, 9, 32, 32)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -50,30 +63,21 @@ def main(argv: list[str] | None = None) -> str:
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
     samplers = {
-        f"t2v ({args.steps} steps, CFG {args.guidance})":
-            lambda prompts, seed: t2v.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed)),
-        f"t2i -> i2v ({args.steps} + {args.steps} steps)":
-            lambda prompts, seed: t2i2v(t2i, i2v, prompts, seed, 9, 32, 32),
-        f"real first frame -> i2v ({args.steps} steps)":
-            lambda prompts, seed: i2v.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed),
-                                            first_frame=torch.stack([real_first[p] for p in prompts])),
+        f"t2v ({args.steps} steps, CFG {args.guidance})": video(t2v),
+        f"t2i -> i2v ({args.steps} + {args.steps} steps)": factored(t2i, i2v),
+        f"real first frame -> i2v ({args.steps} steps)": video(i2v, first_frames=real_first),
     }
     if args.t2v_student:
         student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student)
-        samplers[f"t2v student ({student.sampler.nfe} NFE)"] = \
-            lambda prompts, seed: student.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed))
+        samplers[f"t2v student ({student.sampler.nfe} NFE)"] = video(student)
     if args.i2v_student:
         i2v_student = _stage("toy_i2v", Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
-        samplers[f"t2i ({args.steps} steps) -> i2v student ({i2v_student.sampler.nfe} NFE)"] = \
-            lambda prompts, seed: t2i2v(t2i, i2v_student, prompts, seed, 9, 32, 32)
-        samplers[f"real first frame -> i2v student ({i2v_student.sampler.nfe} NFE)"] = \
-            lambda prompts, seed: i2v_student.video(prompts, 9, 32, 32, torch.Generator().manual_seed(seed),
-                                                    first_frame=torch.stack([real_first[p] for p in prompts]))
+        nfe = i2v_student.sampler.nfe
+        samplers[f"t2i ({args.steps} steps) -> i2v student ({nfe} NFE)"] = factored(t2i, i2v_student)
+        samplers[f"real first frame -> i2v student ({nfe} NFE)"] = video(i2v_student, first_frames=real_first)
     rows, _ = bench.compare(samplers)
     image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
-    image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)":
-                                         lambda prompts, seed: t2i.video(prompts, 1, 32, 32,
-                                                                         torch.Generator().manual_seed(seed))})
+    image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)": video(t2i, num_frames=1)})
     return emit(compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1), args.out)
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 from eval.toy_detectors import (  # noqa: F401
     NORMALISATION, PALETTE, PALETTE_NAMES, PALETTE_THRESHOLD, QUALITY_DIMENSIONS, SEMANTIC_DIMENSIONS,
     DetectedObject, VideoAnalysis, analyse_video, analyse_videos, classify_motion, classify_pixels, classify_shape,
-    detect_objects, find_blobs,
+    find_blobs,
 )
 from eval.toy_scores import FEATURE_STD_FLOOR, FEATURES, frechet_distance, score_video, video_features  # noqa: F401
 from turbo.paths import safe_name

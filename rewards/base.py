@@ -20,6 +20,7 @@ from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
 from rewards.pil_resize import pil_resize_levels, round_straight_through, to_uint8_levels  # noqa: F401 (re-exported)
@@ -147,6 +148,18 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return int(size * height / width), size
 
 
+def image_batch(images: Tensor, interpolation: str, *, who: str) -> Tensor:
+    """The preprocessors' input check: N,3,H,W and a known interpolation -> the images as float32.
+
+    float32 always: antialiased interpolation has no half-precision CPU kernel, and resampling in
+    low precision costs accuracy for no speed at these sizes."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{who}: expected images N,3,H,W, found shape {tuple(images.shape)}")
+    if interpolation not in ("bicubic", "bilinear"):
+        raise ValueError(f"{who}: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
+    return images.float()
+
+
 def preprocess_images(
     images: Tensor,
     size: int,
@@ -177,13 +190,7 @@ def preprocess_images(
     shortest_edge / crop_size; default ``size``); crop_anchor: torchvision rounds the offset,
     transformers floors it (``(new - crop) // 2``).
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"preprocess_images: expected images N,3,H,W, found shape {tuple(images.shape)}")
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"preprocess_images: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
-    # float32 always: antialiased interpolation has no half-precision CPU kernel, and
-    # resampling in low precision costs accuracy for no speed at these sizes.
-    x = images.float()
+    x = image_batch(images, interpolation, who="preprocess_images")
     height, width = x.shape[-2:]
     new_h, new_w = resized_shape(height, width, size)
     if match_pil:
@@ -196,6 +203,4 @@ def preprocess_images(
     else:  # transformers'
         top, left = (new_h - crop) // 2, (new_w - crop) // 2
     x = x[..., top : top + crop, left : left + crop]
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return TF.normalize(x, list(mean), list(std))

@@ -62,13 +62,14 @@ class CLIPReward(FrozenReward):
         device = next(self.model.parameters()).device
         return self.cached_text_features(prompts, lambda ps: self.model.encode_text(self.tokenizer(ps).to(device)))
 
+    def preprocess(self, images: Tensor) -> Tensor:
+        """N,3,H,W float in [0, 1] -> N,3,S,S float32 normalised pixels (subclasses: their model's transform)."""
+        return preprocess_images(images, self.image_size, self.mean, self.std, self.interpolation, match_pil=self.match_pil)
+
     def image_features(self, images: Tensor) -> Tensor:
         """N,3,H,W float in [0, 1] -> N,D float32 L2-normalised image features (with grad)."""
-        pixels = preprocess_images(
-            images, self.image_size, self.mean, self.std, self.interpolation, match_pil=self.match_pil
-        )
         dtype = next(self.model.visual.parameters()).dtype  # fp16/bf16 checkpoints want matching input
-        return F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1)
+        return F.normalize(self.model.encode_image(self.preprocess(images).to(dtype)).float(), dim=-1)
 
     def forward(self, video: Tensor, prompts: list[str]) -> Tensor:
         """video: B,F,3,H,W float in [0, 1]; prompts: B strings -> B float32 mean-over-frames cosines."""

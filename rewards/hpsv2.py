@@ -27,10 +27,11 @@ from typing import Literal, Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, preprocess_images
+from rewards.base import OPENAI_MEAN, OPENAI_STD, image_batch, preprocess_images
 from rewards.clip import CLIPReward, Tokenizer, tiny_clip_model
 from rewards.loading import load_checkpoint_into
 
@@ -53,9 +54,7 @@ def resize_longest_and_pad(
     already equals ``size`` is still padded to a square (the official one would hand the ViT a
     non-square image and fail).
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"resize_longest_and_pad: expected images N,3,H,W, found shape {tuple(images.shape)}")
-    x = images.float()
+    x = image_batch(images, interpolation, who="resize_longest_and_pad")
     height, width = x.shape[-2:]
     scale = size / float(max(height, width))
     if scale != 1.0:
@@ -63,9 +62,7 @@ def resize_longest_and_pad(
         x = F.interpolate(x, size=new_size, mode=interpolation, align_corners=False, antialias=True)
     pad_h, pad_w = size - x.shape[-2], size - x.shape[-1]
     x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return TF.normalize(x, list(mean), list(std))
 
 
 class HPSv2Reward(CLIPReward):
@@ -88,12 +85,6 @@ class HPSv2Reward(CLIPReward):
         if self.resize_mode == "pad":
             return resize_longest_and_pad(images, self.image_size, self.mean, self.std, self.interpolation)
         return preprocess_images(images, self.image_size, self.mean, self.std, self.interpolation)
-
-    def image_features(self, images: Tensor) -> Tensor:
-        """N,3,H,W float in [0, 1] -> N,D float32 L2-normalised image features (with grad)."""
-        pixels = self.preprocess(images)
-        dtype = next(self.model.visual.parameters()).dtype
-        return F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1)
 
 
 def hpsv2_model(arch: str = "ViT-H-14", *, device: str | torch.device = "cpu") -> nn.Module:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
+from rewards.aesthetic import AestheticMLP
 from rewards.base import TowerSizes
 from rewards.internvideo2 import TINY_VOCAB
 from rewards.loading import load_checkpoint_into
@@ -63,12 +64,9 @@ class ImageRewardConfig(TowerSizes):
     @classmethod
     def tiny(cls, **changes) -> "ImageRewardConfig":
         """A CPU-test size: 32 px, 8 px patches, widths 32/24, 2 layers each, the tiny vocabulary + 2."""
-        return replace(
-            cls(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_width=128,
-                text_width=24, text_layers=2, text_heads=2, text_mlp_width=48, vocab_size=len(TINY_VOCAB) + 2,
-                text_positions=64, head_widths=(32, 16, 8, 4)),
-            **changes,
-        )
+        return cls(**dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_width=128,
+                          text_width=24, text_layers=2, text_heads=2, text_mlp_width=48, vocab_size=len(TINY_VOCAB) + 2,
+                          text_positions=64, head_widths=(32, 16, 8, 4)) | changes)
 
 
 SIZES = {"large": ImageRewardConfig.large, "tiny": ImageRewardConfig.tiny}
@@ -136,21 +134,6 @@ def blip_towers(cfg: ImageRewardConfig) -> tuple[BlipVisionModel, BlipTextModel]
     return vision, text
 
 
-class ScoreHead(nn.Module):
-    """The reference ``MLP``: Linear/Dropout stack, no activations; keys ``layers.{0,2,4,6,7}``."""
-
-    def __init__(self, width: int, hidden: tuple[int, ...]) -> None:
-        super().__init__()
-        a, b, c, d = hidden
-        self.layers = nn.Sequential(
-            nn.Linear(width, a), nn.Dropout(0.2), nn.Linear(a, b), nn.Dropout(0.2),
-            nn.Linear(b, c), nn.Dropout(0.1), nn.Linear(c, d), nn.Linear(d, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
 class ImageRewardModel(nn.Module):
     """BLIP's towers + head. ``score`` returns the normalised reward r; checkpoints are read in the
     official key layout (``from_official``)."""
@@ -159,7 +142,7 @@ class ImageRewardModel(nn.Module):
         super().__init__()
         self.config = config
         self.vision, self.text = blip_towers(config)
-        self.mlp = ScoreHead(config.text_width, config.head_widths)
+        self.mlp = AestheticMLP((config.text_width, *config.head_widths, 1))  # the reference MLP: no activations
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute ViT blocks and BERT layers in backward (both carry gradients to the pixels).

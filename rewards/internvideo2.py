@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +43,7 @@ from rewards.internvideo2_model import (  # noqa: F401 (re-exported: the archite
     SIZES, TINY_VOCAB, InternVideo2, InternVideo2Config, resample_temporal_pos_embed,
 )
 from rewards.loading import load_checkpoint_into
-from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, VideoTextReward
+from rewards.video_text import VideoTextReward
 from turbo.seeding import seeded
 
 # Entries of the official checkpoint that the score does not use (exact names, or prefixes
@@ -61,18 +62,10 @@ UNUSED_KEYS: tuple[str, ...] = (
 BERT_LARGE_LAYERS = 24  # layers in the checkpoint's text encoder; those past text_layers fuse video
 
 
-class BertTokenize:
+def bert_tokenize(tokenizer, max_length: int, prompts: list[str]) -> dict[str, Tensor]:
     """prompts -> {"input_ids", "attention_mask"}: B,max_length int64, padded to max_length, truncated."""
-
-    def __init__(self, tokenizer, max_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def __call__(self, prompts: list[str]) -> dict[str, Tensor]:
-        enc = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    enc = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 def tiny_bert_tokenizer():
@@ -102,15 +95,6 @@ def tiny_internvideo2_model(seed: int = 0, **changes) -> InternVideo2:
     """A seeded random :func:`InternVideo2Config.tiny` model; the global torch RNG is left untouched."""
     config = InternVideo2Config.tiny(**changes)
     return seeded(seed, lambda: InternVideo2(config))
-
-
-def _reward(model: InternVideo2, tokenizer, name: str, antialias: bool, gradient_checkpointing: bool) -> VideoTextReward:
-    model.set_gradient_checkpointing(gradient_checkpointing)
-    cfg = model.config
-    return VideoTextReward(
-        model, BertTokenize(tokenizer, cfg.max_text_length), num_frames=cfg.num_frames, image_size=cfg.image_size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias=antialias, name=name,
-    )
 
 
 def unused_checkpoint_keys(config: InternVideo2Config) -> tuple[str, ...]:
@@ -169,7 +153,8 @@ def internvideo2_reward(
             f"encoder {config.vocab_size}; InternVideo2-S2 1B uses bert-large-uncased (30522)"
         )
     model = load_internvideo2(checkpoint, config, checkpoint_frames=checkpoint_frames, name=name, allow_pickle=allow_pickle)
-    return _reward(model, tokenizer, name, antialias, gradient_checkpointing)
+    tokenize = partial(bert_tokenize, tokenizer, config.max_text_length)
+    return VideoTextReward.of(model, tokenize, name=name, antialias=antialias, gradient_checkpointing=gradient_checkpointing)
 
 
 def tiny_internvideo2_reward(
@@ -186,4 +171,5 @@ def tiny_internvideo2_reward(
         model = load_internvideo2(checkpoint, InternVideo2Config.tiny(num_frames=num_frames), name=name)
     else:
         model = tiny_internvideo2_model(seed, num_frames=num_frames)
-    return _reward(model, tiny_bert_tokenizer(), name, antialias, gradient_checkpointing)
+    tokenize = partial(bert_tokenize, tiny_bert_tokenizer(), model.config.max_text_length)
+    return VideoTextReward.of(model, tokenize, name=name, antialias=antialias, gradient_checkpointing=gradient_checkpointing)

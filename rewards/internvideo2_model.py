@@ -53,12 +53,9 @@ class InternVideo2Config(TowerSizes):
     @classmethod
     def tiny(cls, **changes) -> "InternVideo2Config":
         """A CPU-test size: 32 px, 8 px patches, width 32, 2 layers, 2 heads, tiny vocabulary."""
-        return replace(
-            cls(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_width=64,
-                clip_embed_dim=24, pool_heads=2, embed_dim=16, text_width=32, text_layers=2, text_heads=2,
-                text_mlp_width=64, vocab_size=len(TINY_VOCAB), text_positions=64, max_text_length=16),
-            **changes,
-        )
+        return cls(**dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, vision_mlp_width=64,
+                          clip_embed_dim=24, pool_heads=2, embed_dim=16, text_width=32, text_layers=2, text_heads=2,
+                          text_mlp_width=64, vocab_size=len(TINY_VOCAB), text_positions=64, max_text_length=16) | changes)
 
 
 SIZES = {"1B": InternVideo2Config.large, "tiny": InternVideo2Config.tiny}

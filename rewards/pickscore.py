@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rewards.base import OPENAI_MEAN, OPENAI_STD, preprocess_images
@@ -123,12 +122,6 @@ class PickScoreReward(CLIPReward):
         """N,3,H,W float in [0, 1] -> N,3,crop,crop float32, as ``CLIPImageProcessor``."""
         return processor_pixels(images, self.resize, self.image_size, self.mean, self.std,
                                 self.interpolation, match_pil=self.match_pil)
-
-    def image_features(self, images: Tensor) -> Tensor:
-        """N,3,H,W float in [0, 1] -> N,D float32 L2-normalised image features (with grad)."""
-        pixels = self.preprocess(images)
-        dtype = next(self.model.visual.parameters()).dtype
-        return F.normalize(self.model.encode_image(pixels.to(dtype)).float(), dim=-1)
 
     def forward(self, video: Tensor, prompts: list[str]) -> Tensor:
         """video: B,F,3,H,W float in [0, 1]; prompts: B strings -> B float32 logit_scale.exp() x mean cosines."""

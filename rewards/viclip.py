@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from rewards.base import TowerSizes
 from rewards.loading import load_checkpoint_into
-from rewards.video_text import IMAGENET_MEAN, IMAGENET_STD, VideoTextReward
+from rewards.video_text import VideoTextReward
 from turbo.seeding import seeded
 
 
@@ -65,20 +65,14 @@ class ViCLIPConfig(TowerSizes):
     @classmethod
     def base(cls, **changes) -> "ViCLIPConfig":
         """ViCLIP-B/16 (``ViCLIP-B-InternVid-FLT-10M``): ViT-B/16, text 512 x 12, output 512."""
-        return replace(
-            cls(patch_size=16, vision_width=768, vision_layers=12, vision_heads=12, embed_dim=512,
-                text_width=512, text_heads=8),
-            **changes,
-        )
+        return cls(**dict(patch_size=16, vision_width=768, vision_layers=12, vision_heads=12, embed_dim=512,
+                          text_width=512, text_heads=8) | changes)
 
     @classmethod
     def tiny(cls, **changes) -> "ViCLIPConfig":
         """A CPU-test size: 32 px, 8 px patches, width 32, 2 layers, 2 heads, output 32."""
-        return replace(
-            cls(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, embed_dim=32,
-                text_width=32, text_layers=2, text_heads=2),
-            **changes,
-        )
+        return cls(**dict(image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, embed_dim=32,
+                          text_width=32, text_layers=2, text_heads=2) | changes)
 
 
 SIZES = {"L/14": ViCLIPConfig.large, "B/16": ViCLIPConfig.base, "tiny": ViCLIPConfig.tiny}
@@ -228,15 +222,6 @@ def _tokenizer(config: ViCLIPConfig, tokenizer_path: str | os.PathLike | None, n
     return SimpleTokenizer(bpe_path=str(tokenizer_path), context_length=config.context_length)
 
 
-def _reward(model: ViCLIP, tokenizer_path, name: str, antialias: bool, gradient_checkpointing: bool) -> VideoTextReward:
-    model.set_gradient_checkpointing(gradient_checkpointing)
-    cfg = model.config
-    return VideoTextReward(
-        model, _tokenizer(cfg, tokenizer_path, name), num_frames=cfg.num_frames, image_size=cfg.image_size,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias=antialias, name=name,
-    )
-
-
 def load_viclip(checkpoint: str | os.PathLike, config: ViCLIPConfig, *, name: str = "viclip",
                 allow_pickle: bool = False) -> ViCLIP:
     """A :class:`ViCLIP` of ``config`` holding the weights of a local official-format checkpoint
@@ -269,7 +254,8 @@ def viclip_reward(
     if size not in SIZES:
         raise ValueError(f"reward '{name}': size must be one of {sorted(SIZES)}, found {size!r}")
     model = load_viclip(checkpoint, SIZES[size](num_frames=num_frames), name=name, allow_pickle=allow_pickle)
-    return _reward(model, tokenizer_path, name, antialias, gradient_checkpointing)
+    tokenizer = _tokenizer(model.config, tokenizer_path, name)
+    return VideoTextReward.of(model, tokenizer, name=name, antialias=antialias, gradient_checkpointing=gradient_checkpointing)
 
 
 def tiny_viclip_reward(
@@ -286,4 +272,5 @@ def tiny_viclip_reward(
         model = load_viclip(checkpoint, ViCLIPConfig.tiny(num_frames=num_frames), name=name)
     else:
         model = tiny_viclip_model(seed, num_frames=num_frames)
-    return _reward(model, None, name, antialias, gradient_checkpointing)
+    return VideoTextReward.of(model, _tokenizer(model.config, None, name), name=name, antialias=antialias,
+                              gradient_checkpointing=gradient_checkpointing)

@@ -21,9 +21,10 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
-from rewards.base import FrozenReward, RewardInputError, check_video, round_straight_through, to_uint8_levels
+from rewards.base import FrozenReward, RewardInputError, check_video, image_batch, round_straight_through, to_uint8_levels
 
 # ImageNet statistics: the InternVid / InternVideo2 datasets normalise "vit" / "internvideo" encoders with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -57,12 +58,7 @@ def preprocess_frames(
     ``antialias=False`` (default) is how the references ran; set True when downscaling by
     much more than 2x, where the 4-tap kernel leaves pixels that get no gradient.
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"preprocess_frames: expected images N,3,H,W, found shape {tuple(images.shape)}")
-    if interpolation not in ("bicubic", "bilinear"):
-        raise ValueError(f"preprocess_frames: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
-    # float32 always: antialiased interpolation has no half-precision CPU kernel (see preprocess_images).
-    x = images.float()
+    x = image_batch(images, interpolation, who="preprocess_frames")
     resize = tuple(x.shape[-2:]) != (size, size)  # torchvision skips the no-op resize too
     if match_uint8:
         x = to_uint8_levels(x)  # integers 0..255, as the reference's uint8 frames
@@ -72,9 +68,7 @@ def preprocess_frames(
         x = x / 255
     elif resize:
         x = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False, antialias=antialias)
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    return TF.normalize(x, list(mean), list(std))
 
 
 Tokenizer = Callable[[list[str]], Any]  # N strings -> a Tensor or a mapping of Tensors
@@ -130,6 +124,14 @@ class VideoTextReward(FrozenReward):
         self.antialias = antialias
         self.match_uint8 = match_uint8  # see preprocess_frames
         self.train(False)
+
+    @classmethod
+    def of(cls, model: nn.Module, tokenizer: Tokenizer, *, name: str, antialias: bool = False,
+           gradient_checkpointing: bool = False) -> "VideoTextReward":
+        """The reward over a ViCLIP / InternVideo2 ``model``, its frame count and size read from ``model.config``."""
+        model.set_gradient_checkpointing(gradient_checkpointing)
+        cfg = model.config
+        return cls(model, tokenizer, num_frames=cfg.num_frames, image_size=cfg.image_size, antialias=antialias, name=name)
 
     def text_features(self, prompts: Sequence[str]) -> Tensor:
         """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""

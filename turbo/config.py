@@ -51,6 +51,15 @@ ALLOWED_TARGETS = frozenset({
 _META_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
 
 
+def compose_config(name: str, overrides: list[str] | tuple[str, ...] = (), *, hydra: bool = False) -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``overrides`` as the command line would compose it (scripts,
+    benchmarks and tests); ``hydra=True`` keeps the ``hydra`` node (launcher, sweeper)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(name, overrides=list(overrides), return_hydra_config=hydra)
+
+
 class ConfigError(ValueError):
     """A config value is missing, unknown or of the wrong kind; the message names its key."""
 

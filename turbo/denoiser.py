@@ -13,7 +13,7 @@ which would let a role switch inside a loss silently change what an optimizer tr
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Union
 
@@ -146,14 +146,17 @@ class Denoiser(nn.Module):
                     module.set_scale(name, w)
 
     @contextmanager
-    def role(self, role: Role) -> Iterator[None]:
-        """Run the backbone as ``role``: "teacher", an adapter name, or {adapter: weight, ...}."""
-        weights = self._role_weights(role)
+    def _activated(self, weights: Mapping[str, float] | None) -> Iterator[None]:
+        before = self._active
         self._set_active(weights)
         try:
             yield
         finally:
-            self._set_active(None)
+            self._set_active(before)
+
+    def role(self, role: Role) -> AbstractContextManager[None]:
+        """Run the backbone as ``role``: "teacher", an adapter name, or {adapter: weight, ...}."""
+        return self._activated(self._role_weights(role))
 
     def store_base(self, dtype: str) -> None:
         """The frozen base's storage: "float32" (as built); "bfloat16" keeps the modules diffusers
@@ -183,18 +186,8 @@ class Denoiser(nn.Module):
 
         def checkpointed(module: nn.Module, *args):
             active = self._active
-
-            @contextmanager
-            def as_in_forward():
-                now = self._active
-                self._set_active(active)
-                try:
-                    yield
-                finally:
-                    self._set_active(now)
-
             return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False,
-                                                     context_fn=lambda: (nullcontext(), as_in_forward()))
+                                                     context_fn=lambda: (nullcontext(), self._activated(active)))
 
         self.backbone.enable_gradient_checkpointing(checkpointed)
 

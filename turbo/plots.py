@@ -8,8 +8,6 @@ student and scored by the run's benchmark, which shares nothing with the rewards
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +17,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from turbo.atomic import umask_mode  # noqa: E402
+from turbo.atomic import atomic_file  # noqa: E402
 
 PANELS = (("losses", lambda k: k.endswith("/loss") or k.startswith("reward/")),
           ("reward scores (training)", lambda k: k.startswith("score/")),
@@ -27,16 +25,11 @@ PANELS = (("losses", lambda k: k.endswith("/loss") or k.startswith("reward/")),
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.chmod(tmp, umask_mode(directory=False))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:  # a plot is either whole or absent
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

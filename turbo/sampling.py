@@ -106,33 +106,28 @@ def sample_consistency(denoiser: Denoiser, cond: TextCond, shape: tuple[int, ...
     """LCM multistep sampling on the CD grid (``grid_steps`` = the objective's
     ``num_ddim_timesteps``): 4 steps of the 50-grid are 999, 759, 519, 279. ``guidance`` is the w
     fed to a student with a guidance embedding."""
-    schedule = denoiser.schedule
     b = len(cond)
     x = initial_noise((b, *shape), generator, cond.embeds.device)
     w = None if guidance is None else torch.full((b,), float(guidance), device=x.device)
-    timesteps = lcm_timesteps(steps, schedule.ddim_grid(grid_steps)).tolist()
+    timesteps = lcm_timesteps(steps, denoiser.schedule.ddim_grid(grid_steps)).tolist()
     x = _hook(after_step, x, timesteps[0])
-    for i, t in enumerate(timesteps):
-        pred = denoiser(x, t, cond, role=role, guidance=w)
-        c_skip, c_out = boundary(t, x)
-        denoised = c_skip * x + c_out * pred.x0
-        if i + 1 < len(timesteps):
-            x = _hook(after_step, schedule.add_noise(denoised, initial_noise(x.shape, generator, x.device),
-                                                     timesteps[i + 1]), timesteps[i + 1])
-        else:
-            x = _hook(after_step, denoised, None)
-    return x
-
+    return _fixed_step_chain(denoiser, cond, x, timesteps, None, generator, role, after_step, guidance=w,
+                             boundary=boundary)
 
 
 def _fixed_step_chain(denoiser: Denoiser, cond: TextCond, x: Tensor, timesteps: list[int], end: int | None,
                       generator: torch.Generator, role: Role, after_step: AfterStep | None = None,
-                      rows: Rows = Rows()) -> Tensor:
-    """At each timestep predict x0, then re-noise it with fresh noise to the next timestep (or to
-    ``end`` after the last one; ``end=None`` returns the last x0). ``after_step`` is applied to
-    the sample after each step (not to the input ``x``)."""
+                      rows: Rows = Rows(), guidance: Tensor | None = None,
+                      boundary: ConsistencyBoundary | None = None) -> Tensor:
+    """At each timestep predict x0 (with ``boundary``: the consistency function ``c_skip x + c_out x0``),
+    then re-noise it with fresh noise to the next timestep (or to ``end`` after the last one;
+    ``end=None`` returns the last x0). ``after_step`` is applied to the sample after each step (not
+    to the input ``x``)."""
     for i, t in enumerate(timesteps):
-        x0 = denoiser(x, t, cond, role=role).x0
+        x0 = denoiser(x, t, cond, role=role, guidance=guidance).x0
+        if boundary is not None:
+            c_skip, c_out = boundary(t, x)
+            x0 = c_skip * x + c_out * x0
         nxt = timesteps[i + 1] if i + 1 < len(timesteps) else end
         if nxt is not None:
             noise = rows.draw(lambda n: initial_noise((n, *x.shape[1:]), generator, x.device), len(x))

@@ -73,37 +73,43 @@ class Losses:
 
 
 class Objective(Protocol):
+    """The protocol the loop drives. An objective may subclass it for the defaults below: one
+    group "student" stepping every step, no critic, nothing to track, save or export beyond the
+    student LoRA."""
+
     name: str
     needs_videos: bool
     optim: dict[str, dict[str, Any]]
     student: str | None  # the adapter trained as the few-step student, or None
+    feeds_rewards: bool = True
 
     def trainable(self) -> dict[str, list[nn.Parameter]]: ...
 
-    def updates(self, step: int) -> list[str]: ...
-
     def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
-
-    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
 
     def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
         """How the student samples with ``steps`` steps (``guidance``: the w of a guidance embedding)."""
         ...
 
+    def updates(self, step: int) -> list[str]:
+        return ["student"]
+
+    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
+        raise RuntimeError(f"objective {self.name!r} has no critic")  # its updates() never ask for one
+
     def after_step(self, group: str) -> None:
         """Called after the optimizer of ``group`` stepped (EMA targets update here)."""
-        ...
 
     def extra_state(self) -> dict[str, Tensor]:
         """Trained tensors that are not adapters (a GAN head), for checkpoints."""
-        ...
+        return {}
 
-    def load_extra_state(self, state: dict[str, Tensor]) -> None: ...
+    def load_extra_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`extra_state` returned."""
 
     def export(self, folder: Path) -> None:
         """Write what the objective trained beyond the student LoRA (a pre-trained teacher) into
         the run folder at the end of a run."""
-        ...
 
 
 @torch.no_grad()

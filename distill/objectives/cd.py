@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, add_student, check_optim, ema_, noise_like
+from distill.objectives.base import Batch, Losses, Objective, add_student, check_optim, ema_, noise_like
 from turbo.denoiser import Denoiser
 from turbo.sampling import Sampler
 from turbo.schedule import ConsistencyBoundary
 from turbo.text import TextCond
 
 
-class ConsistencyDistillation:
+class ConsistencyDistillation(Objective):
+    # the EMA target is an adapter, checkpointed with the others: no extra state
     name = "cd"
     needs_videos = True
 
@@ -97,12 +98,6 @@ class ConsistencyDistillation:
             return torch.mean(torch.sqrt((f.float() - target.float()) ** 2 + self.huber_c ** 2) - self.huber_c)
         return F.mse_loss(f.float(), target.float())
 
-    def updates(self, step: int) -> list[str]:
-        return ["student"]
-
-    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
-        raise RuntimeError("consistency distillation has no critic")  # updates() never asks for it
-
     def trainable(self) -> dict[str, list[nn.Parameter]]:
         return {"student": self.denoiser.adapter_parameters(self.student)}
 
@@ -125,15 +120,6 @@ class ConsistencyDistillation:
 
     def _ema_update(self, decay: float) -> None:
         ema_(self.denoiser.adapter_parameters(self.target_role), self.denoiser.adapter_parameters(self.student), decay)
-
-    def extra_state(self) -> dict[str, Tensor]:
-        return {}  # the EMA target is an adapter: checkpointed with the others
-
-    def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        pass
-
-    def export(self, folder) -> None:
-        pass  # the student LoRA is all CD trains; the loop saves it
 
     def after_step(self, group: str) -> None:
         if self.ema_decay is not None and group == "student":

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss, ema_
+from distill.objectives.base import Batch, Losses, Objective, add_student, check_optim, denoising_loss, ema_
 from turbo.atomic import atomic_dir
 from turbo.denoiser import Denoiser
 from turbo.sampling import Rows, Sampler
@@ -48,7 +48,7 @@ def clean_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
     return {k.replace(".base_layer.", "."): v for k, v in backbone.state_dict().items() if "lora_" not in k}
 
 
-class Diffusion:
+class Diffusion(Objective):
     name = "diffusion"
     needs_videos = True
     feeds_rewards = False  # plain denoising: no single-step student prediction for a reward to score
@@ -92,9 +92,6 @@ class Diffusion:
         cond = drop_prompts(batch.cond, batch.uncond, self.cond_dropout, generator, batch.rows)
         return Losses({"diffusion": denoising_loss(self.denoiser, batch.latents, cond, self.role, generator,
                                                    rows=batch.rows)})
-
-    def critic_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses:
-        raise RuntimeError("plain diffusion training has no critic")  # updates() never asks for it
 
     def after_step(self, group: str) -> None:
         if self.ema is not None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.objectives.base import Batch, Losses, add_student, check_optim, denoising_loss, noise_like
+from distill.objectives.base import Batch, Losses, Objective, add_student, check_optim, denoising_loss, noise_like
 from turbo.denoiser import Denoiser, Pred
 from turbo.sampling import Sampler, backward_simulation
 
@@ -90,7 +90,7 @@ def _out_channels(module: nn.Module) -> int:
     return last.out_features if isinstance(last, nn.Linear) else last.out_channels
 
 
-class DMD2:
+class DMD2(Objective):  # the critic and GAN head serve training only: nothing to export
     name = "dmd2"
 
     def __init__(self, denoiser: Denoiser, guidance_scale: float = 4.5, min_step_percent: float = 0.02,
@@ -160,18 +160,12 @@ class DMD2:
             critic = critic + list(self.head.parameters())
         return {"student": self.denoiser.adapter_parameters(self.student), "critic": critic}
 
-    def after_step(self, group: str) -> None:
-        pass  # nothing to track between steps
-
     def extra_state(self) -> dict[str, Tensor]:
         return {} if self.head is None else {f"gan_head.{k}": v for k, v in self.head.state_dict().items()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         if self.head is not None:
             self.head.load_state_dict({k.removeprefix("gan_head."): v for k, v in state.items()})
-
-    def export(self, folder) -> None:
-        pass  # the critic and GAN head serve training only; the loop saves the student LoRA
 
     # --- the generator's sample ------------------------------------------------------------------
     def generate(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, int]:

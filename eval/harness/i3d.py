@@ -36,12 +36,11 @@ MIXED: tuple[tuple[str, int, tuple[int, ...]], ...] = (
     ("Mixed_5b", 832, (256, 160, 320, 32, 128, 128)),
     ("Mixed_5c", 832, (384, 192, 384, 48, 128, 128)),
 )
-POOLS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {  # name: (kernel, stride), before the block
-    "Mixed_3b": ((1, 3, 3), (1, 2, 2)),  # MaxPool3d_3a_3x3
-    "Mixed_4b": ((3, 3, 3), (2, 2, 2)),  # MaxPool3d_4a_3x3
-    "Mixed_5b": ((2, 2, 2), (2, 2, 2)),  # MaxPool3d_5a_2x2
+POOLS: dict[str, tuple[str, tuple[int, int, int], tuple[int, int, int]]] = {  # block: (pool, kernel, stride) before it
+    "Mixed_3b": ("MaxPool3d_3a_3x3", (1, 3, 3), (1, 2, 2)),
+    "Mixed_4b": ("MaxPool3d_4a_3x3", (3, 3, 3), (2, 2, 2)),
+    "Mixed_5b": ("MaxPool3d_5a_2x2", (2, 2, 2), (2, 2, 2)),
 }
-POOL_NAMES = {"Mixed_3b": "MaxPool3d_3a_3x3", "Mixed_4b": "MaxPool3d_4a_3x3", "Mixed_5b": "MaxPool3d_5a_2x2"}
 
 
 def same_padding(x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Tensor:
@@ -101,7 +100,8 @@ class InceptionI3d(nn.Module):
         self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
         for name, cin, out in MIXED:  # registration order is forward order
             if name in POOLS:
-                self.add_module(POOL_NAMES[name], SamePool3d(*POOLS[name]))
+                pool, kernel, stride = POOLS[name]
+                self.add_module(pool, SamePool3d(kernel, stride))
             self.add_module(name, InceptionModule(cin, out))
         self.avg_pool = nn.AvgPool3d((2, 7, 7), stride=(1, 1, 1))
         self.dropout = nn.Dropout(0.5)

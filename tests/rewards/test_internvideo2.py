@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rewards.base import RewardInputError, RewardModel
 from rewards.internvideo2 import (
-    BertTokenize,
+    bert_tokenize,
     InternVideo2,
     TINY_VOCAB,
     InternVideo2Config,
@@ -154,11 +154,11 @@ def test_text_features_ignore_padding():
     prompts = ["a red circle moving left", "z"]
     feats = []
     for length in (12, 16):
-        tokens = BertTokenize(tiny_bert_tokenizer(), length)(prompts)
+        tokens = bert_tokenize(tiny_bert_tokenizer(), length, prompts)
         assert tokens["input_ids"].shape == (2, length) and tokens["attention_mask"][1].sum() == 3  # CLS z SEP
         feats.append(model.encode_text(tokens))
     torch.testing.assert_close(feats[0], feats[1], atol=1e-5, rtol=0)
-    assert BertTokenize(tiny_bert_tokenizer(), 40)(["word " * 60])["input_ids"].shape == (1, 40)
+    assert bert_tokenize(tiny_bert_tokenizer(), 40, ["word " * 60])["input_ids"].shape == (1, 40)
 
 
 def test_tokenizer_loads_from_a_local_folder_or_vocab(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import diffusers
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from turbo.families import get_family
@@ -21,13 +22,7 @@ from turbo.text import TextCond
 
 
 def _plain(arch: Any) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(arch, DictConfig):
-            return OmegaConf.to_container(arch, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return dict(arch)
+    return OmegaConf.to_container(arch, resolve=True) if isinstance(arch, DictConfig) else dict(arch)
 
 
 def random_backbone(family: str, arch: Mapping[str, Any], device: str | torch.device = "meta",

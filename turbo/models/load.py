@@ -76,6 +76,10 @@ TEXT_ENCODER_KINDS: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = 
 }
 
 
+ENCODER_CLASSES = {"t5": TextEncoder, "clip": CLIPTextEncoder, "sdxl": SDXLTextEncoder, "sd3": SD3TextEncoder,
+                   "hunyuan": HunyuanVideoTextEncoder}
+
+
 def _text_model(root: Path, subfolder: str, allowed: tuple[str, ...] | None, path: str, key: str, kind: str):
     _, config = _component(root, subfolder, key)
     archs = config.get("architectures") or []
@@ -102,16 +106,8 @@ def load_text_encoder(path: str, max_length: int = 512, key: str = "model.path",
     root = Path(path).expanduser()
     parts = [_text_model(root, sub, allowed, path, key, kind) for sub, allowed in TEXT_ENCODER_KINDS[kind]]
     flat = [x for part in parts for x in part]
-    if kind == "t5":
-        return TextEncoder(*flat, max_length, **options)
-    if kind == "clip":
-        return CLIPTextEncoder(*flat, max_length, **options)
-    if kind == "sdxl":
-        if "zero_empty_prompt" not in options:  # the pipeline's own setting, in model_index.json
-            index = root / "model_index.json"
-            force = json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
-            options["zero_empty_prompt"] = bool(force)
-        return SDXLTextEncoder(*flat, max_length, **options)
-    if kind == "sd3":
-        return SD3TextEncoder(*flat, max_length, **options)
-    return HunyuanVideoTextEncoder(*flat, max_length, **options)
+    if kind == "sdxl" and "zero_empty_prompt" not in options:  # the pipeline's own setting, in model_index.json
+        index = root / "model_index.json"
+        force = json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
+        options["zero_empty_prompt"] = bool(force)
+    return ENCODER_CLASSES[kind](*flat, max_length, **options)
