@@ -117,7 +117,7 @@ def train_toy_reward(
     kind: str, steps: int, seed: int = 0, *, batch_size: int = 64, lr: float = 2e-3, weight_decay: float = 0.01,
     warmup: int = 20, noise: float = 0.03, log_every: int = 0, robust: bool = False, negatives: int = 16,
     pool_size: int = 256, attack_steps: int = 3, attack_step_size: float = 0.02, pool_age: int = 40,
-    hinge: float = 0.0,
+    hinge: float = 0.0, align: float = 0.0,
 ) -> TrainResult:
     """Train a toy reward of ``kind`` for ``steps`` AdamW steps on training-split ToyWorld clips
     (9 frames, 32x32; see the module doc). The image model sees one random frame of each clip.
@@ -125,7 +125,9 @@ def train_toy_reward(
     to imperfect generated videos. ``robust``: also train on negatives (module doc): ``negatives``
     simple ones and ``negatives`` from the attack pool per step; ``hinge`` weighs an extra
     ``relu(cos(negative, its caption))`` term, which bounds the score a negative gets in absolute
-    terms (the softmax over [captions, none] only ranks it). Deterministic given the arguments
+    terms (the softmax over [captions, none] only ranks it). ``align`` weighs ``1 - cos(clip, its
+    caption)`` on the real clips: it pulls their scores towards the maximum of 1, so that the real
+    videos' median leaves little room above it for a video that does not show the caption. Deterministic given the arguments
     (and the torch build and thread count). Returns the trained model, the loss of every step,
     wall time and the settings."""
     config = ToyRewardConfig.for_kind(kind)
@@ -164,8 +166,11 @@ def train_toy_reward(
             group["lr"] = lr * _lr_factor(step, steps, warmup)
         visual = model.encode_visual(video)
         visual = visual[:, 0] if kind == "image" else visual
-        loss = contrastive_loss(visual, model.encode_text(texts), model.logit_scale, [model.text_key(t) for t in texts],
+        text = model.encode_text(texts)
+        loss = contrastive_loss(visual, text, model.logit_scale, [model.text_key(t) for t in texts],
                                 none=none if robust else None)
+        if align:
+            loss = loss + align * (1 - (F.normalize(visual, dim=-1) * F.normalize(text[:batch_size], dim=-1)).sum(-1)).mean()
         if robust:
             simple = simple_negatives(clean[:negatives], generator, partial=kind == "video")
             attacked, targets = pool.refine(model, negatives, attack_steps)
@@ -192,6 +197,8 @@ def train_toy_reward(
     if robust:
         settings.update(negatives=negatives, pool_size=pool_size, attack_steps=attack_steps,
                         attack_step_size=attack_step_size, pool_age=pool_age, hinge=hinge)
+    if align:
+        settings.update(align=align)
     return TrainResult(model.eval(), losses, time.perf_counter() - start, settings)
 
 
@@ -263,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--attack-steps", type=int, default=3, help="with --robust: signed-gradient steps per pool "
                                                                     "refinement (each training step)")
     parser.add_argument("--attack-step-size", type=float, default=0.02, help="with --robust: the size of each")
+    parser.add_argument("--align", type=float, default=0.0, help="weight of 1 - cos(real clip, its caption)")
     parser.add_argument("--out", required=True, help="asset folder, e.g. turbo/toy/weights/reward_image_text; "
                                                      "its parent's MANIFEST.json gets the entry")
     parser.add_argument("--threads", type=int, default=1)
@@ -270,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     result = train_toy_reward(args.kind, args.steps, args.seed, log_every=25, robust=args.robust, pool_age=args.pool_age,
                               negatives=args.negatives, hinge=args.hinge, attack_steps=args.attack_steps,
-                              attack_step_size=args.attack_step_size)
+                              attack_step_size=args.attack_step_size, align=args.align)
     out = save_asset(result.model, args.out)
     reward = (ToyImageText if args.kind == "image" else ToyVideoText)(result.model)
     accuracy = {a: round(ranking_accuracy(reward, a), 4) for a in ATTRIBUTES}
@@ -280,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                    f"{f' --robust --pool-age {args.pool_age} --negatives {args.negatives} --hinge {args.hinge}' if args.robust else ''}"
                    f"{f' --attack-steps {args.attack_steps}' if args.robust and args.attack_steps != 3 else ''}"
                    f"{f' --attack-step-size {args.attack_step_size}' if args.robust and args.attack_step_size != 0.02 else ''}"
+                   f"{f' --align {args.align}' if args.align else ''}"
                    f" --out {args.out} "
                    f"--threads {args.threads}",
         **result.settings, "threads": args.threads,

@@ -265,3 +265,11 @@ def test_robust_training_runs_and_records_its_settings():
     result = train_toy_reward("video", 3, 0, batch_size=8, robust=True, negatives=4, pool_size=8)
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     assert result.settings["robust"] and result.settings["pool_size"] == 8
+
+
+def test_align_adds_one_minus_the_real_clips_cosine_to_the_loss():
+    plain = train_toy_reward("image", 1, 0, batch_size=8)
+    aligned = train_toy_reward("image", 1, 0, batch_size=8, align=0.5)
+    # the same model, batch and draws: the first loss differs by exactly 0.5 * mean(1 - cos(clip, caption))
+    gap = aligned.losses[0] - plain.losses[0]
+    assert 0 < gap <= 0.5 * 2 and aligned.settings["align"] == 0.5 and "align" not in plain.settings
