@@ -18,11 +18,11 @@ def mixture():
 
 def test_the_attack_climbs_the_reward_from_a_blank_video(mixture):
     prompts = ["a red circle moving left", "a blue square moving up"]
-    video = attack(mixture, prompts, 9, 32, 32, steps=20, lr=0.01)
+    video = attack(mixture, prompts, 9, 32, 32, steps=40, lr=0.01)
     blank = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1).expand_as(video).contiguous()
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     before, after = mixture_score(mixture, blank, prompts, gen())[0], mixture_score(mixture, video, prompts, gen())[0]
-    assert (after > before + 0.3).all() and video.min() >= 0 and video.max() <= 1
+    assert (after > before + 0.5).all() and video.min() >= 0 and video.max() <= 1
 
 
 def test_measure_reports_success_only_when_the_reward_is_fooled(mixture):

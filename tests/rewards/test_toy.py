@@ -270,6 +270,7 @@ def test_robust_training_runs_and_records_its_settings():
 def test_align_adds_one_minus_the_real_clips_cosine_to_the_loss():
     plain = train_toy_reward("image", 1, 0, batch_size=8)
     aligned = train_toy_reward("image", 1, 0, batch_size=8, align=0.5)
-    # the same model, batch and draws: the first loss differs by exactly 0.5 * mean(1 - cos(clip, caption))
+    # the same model, batch and draws: the first losses differ by the align term alone, 0.5 * mean(1 - cos),
+    # which lies in (0, 1] (cosines in [-1, 1), and a random model's are not all 1)
     gap = aligned.losses[0] - plain.losses[0]
     assert 0 < gap <= 0.5 * 2 and aligned.settings["align"] == 0.5 and "align" not in plain.settings
