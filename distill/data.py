@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from turbo.toy.split import training_specs
 from turbo.toy.world import ToyWorld
@@ -245,25 +245,16 @@ class PromptDataset(Dataset):
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: ``{"prompt": list[str], "video": B,F,3,H,W}`` (no "video" if the items have none);
     items of a cache (``distill.cache.CachedDataset``) stack their ``latents``, ``text`` tensors and
-    ``first_frame``."""
+    ``first_frame``. torch's ``default_collate`` batches; the checks first make its errors name the problem."""
     if not items:
         raise ValueError("collate: expected at least one item, found an empty batch")
-    batch: dict[str, Any] = {"prompt": [item["prompt"] for item in items]}
-    if "latents" in items[0]:
-        batch["latents"] = torch.stack([item["latents"] for item in items])
-        batch["text"] = {k: torch.stack([item["text"][k] for item in items]) for k in items[0]["text"]}
-        if "first_frame" in items[0]:
-            batch["first_frame"] = torch.stack([item["first_frame"] for item in items])
-        return batch
     with_video = sum("video" in item for item in items)
     if with_video not in (0, len(items)):
         raise ValueError(f"collate: expected all items or none to have a video, found {with_video} of {len(items)}")
-    if with_video:
-        shapes = {tuple(item["video"].shape) for item in items}
-        if len(shapes) > 1:
-            raise ValueError(f"collate: expected videos of one shape F,3,H,W, found {sorted(shapes)}")
-        batch["video"] = torch.stack([item["video"] for item in items])
-    return batch
+    shapes = {tuple(item["video"].shape) for item in items} if with_video else set()
+    if len(shapes) > 1:
+        raise ValueError(f"collate: expected videos of one shape F,3,H,W, found {sorted(shapes)}")
+    return default_collate(items)
 
 
 # --- the batches of a run, in DataLoader workers ---------------------------------------------------

@@ -41,7 +41,8 @@ from distill.objectives.base import Batch, Objective, group_loss
 from distill.schema import RESUME_FREE, TRAIN
 from turbo.config import ConfigError, build, check_config, report_errors
 from turbo.denoiser import Denoiser
-from turbo.i2v import ImageConditioner, build_i2v
+from turbo.i2v import ImageConditioner
+from turbo.pipeline import build_model
 from turbo.sampling import Rows
 from turbo.text import TextCond, TextEncoder
 from turbo.vae import VideoVAE
@@ -100,15 +101,10 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     accelerator.wait_for_everyone()
     device = accelerator.device
 
-    m = cfg.model
     dataset = build(cfg.data, "data")
     # a cached dataset holds the prompts' encodings: the text encoder is loaded only when the end
     # of the run (or the validation probe) samples (distill.finish.text_encoder)
-    cached = getattr(dataset, "cached", False)
-    text = None if cached else build(m.text_encoder, "model.text_encoder").to(device)
-    vae = build(m.vae, "model.vae").to(device)
-    schedule = build(m.schedule, "model.schedule")
-    denoiser = Denoiser(build(m.backbone, "model.backbone"), schedule, m.family, m.get("time_embedding_module"))
+    text, vae, denoiser, i2v = build_model(cfg.model, device, text=not getattr(dataset, "cached", False))
     denoiser.store_base(cfg.base_dtype)  # before the adapters: they stay float32
     if cfg.train.gradient_checkpointing:
         try:
@@ -131,7 +127,6 @@ def setup(cfg: DictConfig, run_dir: Path) -> Run:
     vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
     if text is not None:  # a prompt the text encoder refuses (toy: outside the grammar) fails now, not at the end
         text(list(cfg.samples.prompts))
-    i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone)
     if i2v is not None and not dataset.has_videos:
         raise ConfigError(f"model.i2v: an I2V student is conditioned on the first frame of each training video, "
                           f"but data ({type(dataset).__name__}) gives prompts only")

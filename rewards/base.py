@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,39 @@ class FrozenReward(nn.Module):
             with torch.no_grad():
                 self._prompt_cache.update(zip(missing, F.normalize(encode(missing).float(), dim=-1)))
         return torch.stack([self._prompt_cache[p] for p in prompts])
+
+
+Tokenizer = Callable[[list[str]], Any]  # N strings -> a Tensor or a mapping of Tensors
+
+
+class DualEncoderReward(FrozenReward):
+    """A frozen image- or video-text dual encoder (CLIP, HPSv2, PickScore, ViCLIP, InternVideo2):
+    ``model.encode_text`` over ``tokenizer``'s tokens is its text side, and its pixels are
+    ``image_size`` squares normalised by ``mean`` / ``std`` after an ``interpolation`` resize.
+    The model is frozen in place (wrap a copy to keep training the original)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, image_size: int, mean: Sequence[float],
+                 std: Sequence[float], interpolation: Literal["bicubic", "bilinear"], name: str) -> None:
+        super().__init__(name)
+        image_batch(torch.zeros(0, 3, 1, 1), interpolation, who=f"reward '{name}'")  # a bad name fails now
+        self.model = model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.interpolation = interpolation
+        self.train(False)
+
+    def text_features(self, prompts: Sequence[str]) -> Tensor:
+        """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
+        device = next(self.model.parameters()).device
+
+        def encode(ps: list[str]) -> Tensor:
+            tokens = self.tokenizer(ps)
+            if isinstance(tokens, Mapping):  # BERT-style tokenizers: input_ids and attention_mask
+                return self.model.encode_text({k: v.to(device) for k, v in tokens.items()})
+            return self.model.encode_text(tokens.to(device))
+
+        return self.cached_text_features(prompts, encode)
 
 
 def check_video(video: Tensor, prompts: Sequence[str], *, min_frames: int = 1, who: str) -> None:

@@ -9,7 +9,7 @@ text side is computed without gradients and cached per prompt string.
 from __future__ import annotations
 
 import os
-from typing import Callable, Literal, Sequence
+from typing import Literal, Sequence
 
 import open_clip
 import torch.nn.functional as F
@@ -17,20 +17,17 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
-from rewards.base import OPENAI_MEAN, OPENAI_STD, FrozenReward, check_video, preprocess_images
+from rewards.base import OPENAI_MEAN, OPENAI_STD, DualEncoderReward, Tokenizer, check_video, preprocess_images
 from rewards.loading import read_state_dict
 from turbo.seeding import seeded
 
-Tokenizer = Callable[[list[str]], Tensor]  # list of N strings -> N,context_length int64 token ids
 
-
-class CLIPReward(FrozenReward):
+class CLIPReward(DualEncoderReward):
     """Frozen open_clip model scoring each frame against the prompt by cosine similarity.
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores
     in [-1, 1], differentiable w.r.t. ``video``. Parameters never require grad and
-    the model stays in eval mode whatever ``train()`` is called with. The wrapped
-    model is frozen in place (wrap a copy to keep training the original).
+    the model stays in eval mode whatever ``train()`` is called with.
     """
 
     kind: Literal["image"] = "image"
@@ -47,20 +44,9 @@ class CLIPReward(FrozenReward):
         match_pil: bool = False,
         name: str = "clip",
     ) -> None:
-        super().__init__(name)
-        self.model = model.requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.interpolation = interpolation
+        super().__init__(model, tokenizer, image_size=image_size, mean=mean, std=std, interpolation=interpolation,
+                         name=name)
         self.match_pil = match_pil  # see preprocess_images
-        self.train(False)
-
-    def text_features(self, prompts: Sequence[str]) -> Tensor:
-        """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
-        device = next(self.model.parameters()).device
-        return self.cached_text_features(prompts, lambda ps: self.model.encode_text(self.tokenizer(ps).to(device)))
 
     def preprocess(self, images: Tensor) -> Tensor:
         """N,3,H,W float in [0, 1] -> N,3,S,S float32 normalised pixels (subclasses: their model's transform)."""

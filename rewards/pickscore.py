@@ -57,9 +57,7 @@ def processor_pixels(
     ``round(255 * images)`` exactly as PIL does (see ``rewards.base.preprocess_images``);
     otherwise antialiased torch resampling of the float image, in one pass.
     """
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"processor_pixels: expected images N,3,H,W, found shape {tuple(images.shape)}")
-    if crop > resize:
+    if crop > resize:  # (preprocess_images checks the images)
         raise ValueError(f"processor_pixels: crop ({crop}) larger than the resized shorter side ({resize}) is not supported")
     return preprocess_images(images, resize, mean, std, interpolation, match_pil=match_pil, crop=crop,
                              crop_anchor="floor")

@@ -16,15 +16,14 @@ random crop, which would make the reward stochastic: not reproduced.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Literal, Sequence
+from typing import Literal, Sequence
 
-import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
-from rewards.base import FrozenReward, RewardInputError, check_video, image_batch, round_straight_through, to_uint8_levels
+from rewards.base import (DualEncoderReward, RewardInputError, Tokenizer, check_video, image_batch,  # noqa: F401
+                          round_straight_through, to_uint8_levels)
 
 # ImageNet statistics: the InternVid / InternVideo2 datasets normalise "vit" / "internvideo" encoders with these.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -71,18 +70,7 @@ def preprocess_frames(
     return TF.normalize(x, list(mean), list(std))
 
 
-Tokenizer = Callable[[list[str]], Any]  # N strings -> a Tensor or a mapping of Tensors
-
-
-def _to_device(tokens: Any, device: torch.device) -> Any:
-    if isinstance(tokens, Tensor):
-        return tokens.to(device)
-    if isinstance(tokens, Mapping):
-        return {k: v.to(device) for k, v in tokens.items()}
-    raise TypeError(f"tokenizer output must be a Tensor or a mapping of Tensors, found {type(tokens).__name__}")
-
-
-class VideoTextReward(FrozenReward):
+class VideoTextReward(DualEncoderReward):
     """A frozen video-text dual encoder scoring whole clips by cosine similarity.
 
     forward(video: B,F,3,H,W float in [0, 1], prompts: B strings) -> B float32 scores in
@@ -90,7 +78,7 @@ class VideoTextReward(FrozenReward):
     temporal position embeddings have exactly that many slots, and the reference code
     fails on any other count; which frames to score is the mixture's job (``frames``,
     ``stride``), as frames2tensor's strided sampling is in the InternVid demo.
-    Parameters never require grad; the model stays in eval mode. ``model`` is frozen in place.
+    Parameters never require grad; the model stays in eval mode.
     """
 
     kind: Literal["video"] = "video"
@@ -109,21 +97,13 @@ class VideoTextReward(FrozenReward):
         match_uint8: bool = True,
         name: str,
     ) -> None:
-        super().__init__(name)
         if num_frames < 1:
             raise ValueError(f"reward '{name}': num_frames must be >= 1, found {num_frames}")
-        self.model = model.requires_grad_(False)
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, image_size=image_size, mean=mean, std=std, interpolation=interpolation,
+                         name=name)
         self.num_frames = int(num_frames)
-        self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        if interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"reward '{name}': interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
-        self.interpolation = interpolation
         self.antialias = antialias
         self.match_uint8 = match_uint8  # see preprocess_frames
-        self.train(False)
 
     @classmethod
     def of(cls, model: nn.Module, tokenizer: Tokenizer, *, name: str, antialias: bool = False,
@@ -132,11 +112,6 @@ class VideoTextReward(FrozenReward):
         model.set_gradient_checkpointing(gradient_checkpointing)
         cfg = model.config
         return cls(model, tokenizer, num_frames=cfg.num_frames, image_size=cfg.image_size, antialias=antialias, name=name)
-
-    def text_features(self, prompts: Sequence[str]) -> Tensor:
-        """B prompts -> B,D float32 L2-normalised text features (no grad, cached)."""
-        device = next(self.model.parameters()).device
-        return self.cached_text_features(prompts, lambda ps: self.model.encode_text(_to_device(self.tokenizer(ps), device)))
 
     def video_features(self, video: Tensor) -> Tensor:
         """B,F,3,H,W float in [0, 1] -> B,D float32 L2-normalised video features (with grad)."""

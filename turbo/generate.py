@@ -9,7 +9,7 @@ Modes (``mode=``):
   with ``image_stage.model`` (a one-frame video of any text-to-image or text-to-video model, with its
   own ``image_stage.lora`` and ``image_stage.sampler``) -> video with the I2V ``model``.
 
-    load(cfg)             config -> the video stage (text encoder, VAE, Denoiser + the student adapter
+    load(cfg[, part])     config -> the video stage (or mode=t2i2v's image stage) (text encoder, VAE, Denoiser + the student adapter
                           read from the LoRA folder: rank, alpha and targets from its safetensors metadata)
     sample_latents(...)   one (prompt, seed) -> latents, with the configured sampler
     generate(cfg, out)    every prompt x seed -> ``{index:03d}_{seed}_{slug}.mp4``, ``grid.png``
@@ -131,32 +131,21 @@ def resolve_device(device: str) -> torch.device:
 
 
 # --- models -------------------------------------------------------------------------------------
-def load(cfg: DictConfig) -> Stage:
-    """The video stage: ``model`` with ``lora`` (if set), ``sampler`` and ``inference``."""
-    check_config(cfg)
-    if cfg.inference.merge_lora and cfg.lora is None:
+def load(cfg: DictConfig, part: str | None = None) -> Stage:
+    """A stage of a turbo-generate or turbo-eval config, checked against ``video``: the video stage
+    (``model`` with ``lora``, ``sampler`` and ``inference``) or, ``part="image_stage"``, mode=t2i2v's
+    text -> first-frame stage (``image_stage.model`` with its own ``lora`` and ``sampler``)."""
+    node, key = (cfg, "") if part is None else (cfg[part], f"{part}.")
+    if part is None and cfg.inference.merge_lora and cfg.lora is None:
         raise ConfigError("inference.merge_lora=true needs a student: set lora=<run>/student")
-    stage = load_stage(cfg.model, sampler_from_config(cfg.sampler, cfg.lora), resolve_device(str(cfg.device)),
-                       lora=cfg.lora, inference=cfg.inference)
-    stage.vae.check_video_size(cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
-    return stage
-
-
-def load_image_stage(cfg: DictConfig) -> Stage:
-    """mode=t2i2v's text -> first-frame stage: ``image_stage.model`` with its own LoRA and sampler."""
-    s = cfg.image_stage
-    stage = load_stage(s.model, sampler_from_config(s.sampler, s.lora, "image_stage.sampler"), resolve_device(str(cfg.device)),
-                       lora=s.lora, inference=cfg.inference, key="image_stage.model", lora_key="image_stage.lora")
-    stage.vae.check_video_size(1, cfg.video.height, cfg.video.width, key="video")
+    stage = load_stage(node.model, sampler_from_config(node.sampler, node.lora, f"{key}sampler"),
+                       resolve_device(str(cfg.device)), lora=node.lora, inference=cfg.inference, key=f"{key}model",
+                       lora_key=f"{key}lora")
+    stage.vae.check_video_size(1 if part else cfg.video.num_frames, cfg.video.height, cfg.video.width, key="video")
     return stage
 
 
 # --- sampling -----------------------------------------------------------------------------------
-def first_frame_of(cfg: DictConfig) -> Tensor:
-    """mode=i2v's first frame: ``image`` as 3,H,W in [0, 1] at the video size."""
-    return load_image(str(cfg.image), int(cfg.video.height), int(cfg.video.width), key="image")
-
-
 @torch.no_grad()
 def sample_latents(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, first_frame: Tensor | None = None) -> Tensor:
     """One video's latents (1,C,f,h,w) for ``prompt`` with noise from ``seed``; an I2V stage needs
@@ -178,20 +167,17 @@ def write_long(pipe: Stage, cfg: DictConfig, prompt: str, seed: int, path: Path)
     return Path(path)
 
 
-def _stage_row(stage: Stage, lora) -> dict:
-    return {"sampler": stage.sampler.to_dict(), "steps": stage.sampler.num_steps, "lora": None if lora is None else str(lora)}
-
-
 def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
     """Write one mp4 per (prompt, seed), ``grid.png`` and ``prompts.jsonl`` to ``out_dir``; return the mp4s."""
     from torchvision.utils import make_grid, save_image
 
     check_config(cfg)
     prompts, seeds = prompts_of(cfg), seeds_of(cfg)
-    image = first_frame_of(cfg) if cfg.mode == "i2v" else None  # before any model: a bad image fails fast
-    pipe = load(cfg)
-    image_stage = load_image_stage(cfg) if cfg.mode == "t2i2v" else None
     v = cfg.video
+    # mode=i2v's first frame, 3,H,W in [0, 1] at the video size, before any model: a bad image fails fast
+    image = load_image(str(cfg.image), int(v.height), int(v.width), key="image") if cfg.mode == "i2v" else None
+    pipe = load(cfg)
+    image_stage = load(cfg, "image_stage") if cfg.mode == "t2i2v" else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, s) for p in prompts for s in seeds]
@@ -213,12 +199,11 @@ def generate(cfg: DictConfig, out_dir: str | Path) -> list[Path]:
             video, _ = read_video(path, num_frames=1)
         paths.append(path)
         firsts.append(video[0])
-        row = {"file": path.name, "prompt": prompt, "seed": seed, "mode": cfg.mode, **_stage_row(pipe, cfg.lora)}
+        row = {"file": path.name, "prompt": prompt, "seed": seed, "mode": cfg.mode, **pipe.record()}
         if cfg.mode == "i2v":
             row["image"] = str(cfg.image)
         if image_stage is not None:
-            row["image_stage"] = {"model": cfg.image_stage.model.get("name"),
-                                  **_stage_row(image_stage, cfg.image_stage.lora)}
+            row["image_stage"] = image_stage.record()
         rows.append({**row, "seconds": round(seconds, 4)})
     save_image(make_grid(torch.stack(firsts), nrow=len(seeds), padding=2, pad_value=1.0), out / "grid.png")
     (out / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -75,6 +75,12 @@ class Stage:
     sampler: Sampler
     i2v: ImageConditioner | None = None  # set for image-to-video models (model.i2v)
     key: str = "model"                   # the config key of the stage's model, for errors
+    name: str | None = None              # the model config's name, and the student folder: for records
+    lora: str | None = None
+
+    def record(self) -> dict:
+        """What sampled a video, as turbo-generate's prompts.jsonl and turbo-eval's manifest keep it."""
+        return {"model": self.name, "lora": self.lora, "sampler": self.sampler.to_dict(), "steps": self.sampler.num_steps}
 
     def conditions(self, prompts: list[str], negative_prompt: str, num_frames: int,
                    first_frame: Tensor | None = None) -> tuple[TextCond, TextCond]:
@@ -223,18 +229,27 @@ def rooted(model: DictConfig, key: str) -> DictConfig:
     return root.model
 
 
+def build_model(model: DictConfig, device: torch.device, *, key: str = "model", text: bool = True
+                ) -> tuple[TextEncoder | None, VideoVAE, Denoiser, ImageConditioner | None]:
+    """A model config (``key`` names it in errors) -> its text encoder (None when ``text=False``),
+    VAE and image conditioner on ``device``, and the Denoiser over its backbone and schedule, left
+    on the CPU so that adapters can be added before it moves. The one place a model is assembled:
+    turbo-train, turbo-generate and turbo-eval all build through it."""
+    m = rooted(model, key)
+    encoder = build(m.text_encoder, f"{key}.text_encoder").to(device) if text else None
+    vae = build(m.vae, f"{key}.vae").to(device)
+    denoiser = Denoiser(build(m.backbone, f"{key}.backbone"), build(m.schedule, f"{key}.schedule"), m.family,
+                        m.get("time_embedding_module"))
+    return encoder, vae, denoiser, build_i2v(m.get("i2v"), vae, denoiser.backbone, key=f"{key}.i2v")
+
+
 def load_stage(model: DictConfig, sampler: Sampler, device: torch.device, *, lora: str | None = None,
                inference: DictConfig | None = None, key: str = "model", lora_key: str = "lora") -> Stage:
     """Build a stage from a model config (``key`` names it in errors), optionally with the student
     LoRA of a turbo-train run (``lora``: its ``student`` folder). ``inference``: turbo.inference
     options (merge_lora merges this stage's LoRA when it has one)."""
     check_lora_folder(lora, lora_key)
-    m = rooted(model, key)
-    text = build(m.text_encoder, f"{key}.text_encoder").to(device)
-    vae = build(m.vae, f"{key}.vae").to(device)
-    denoiser = Denoiser(build(m.backbone, f"{key}.backbone"), build(m.schedule, f"{key}.schedule"), m.family,
-                        m.get("time_embedding_module"))
-    i2v = build_i2v(m.get("i2v"), vae, denoiser.backbone, key=f"{key}.i2v")
+    text, vae, denoiser, i2v = build_model(model, device, key=key)
     role: Role = "teacher"
     if lora is not None:
         add_student(denoiser, Path(str(lora)))
@@ -244,8 +259,8 @@ def load_stage(model: DictConfig, sampler: Sampler, device: torch.device, *, lor
         prepare_for_inference(denoiser, merge="student" if inference.merge_lora and lora is not None else None,
                               quantize=inference.quantize, attention_backend=inference.attention_backend,
                               compile=bool(inference.compile))
-    return Stage(text, vae, denoiser, role, device, sampler, None if i2v is None else i2v.to(device), key)
+    return Stage(text, vae, denoiser, role, device, sampler, i2v, key, model.get("name"), None if lora is None else str(lora))
 
 
-__all__ = ["IMAGE_SEED_OFFSET", "Sampler", "Stage", "add_student", "check_lora_folder", "t2i2v",
+__all__ = ["IMAGE_SEED_OFFSET", "Sampler", "Stage", "add_student", "build_model", "check_lora_folder", "t2i2v",
            "first_frames", "load_stage", "lora_config", "rooted", "sampler_from_config"]

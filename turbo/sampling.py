@@ -251,18 +251,9 @@ class Sampler:
                                + (f"; unknown keys {unknown}" if unknown else "")
                                + (f"; missing {missing}" if missing else ""))
         try:
-            if name == "teacher":
-                return cls(name, steps=_int(data["steps"]), guidance_scale=float(data["guidance_scale"]),
-                           grid=str(data["grid"]))
-            if name == "consistency":
-                g = data["guidance"]
-                return cls(name, steps=_int(data["steps"]), grid_steps=_int(data["grid_steps"]),
-                           guidance=None if g is None else float(g),
-                           boundary=ConsistencyBoundary(float(data["sigma_data"]), float(data["timestep_scaling"])))
-            ts = data["timesteps"]
-            if not isinstance(ts, (list, tuple)) or not all(isinstance(t, int) and 0 <= t < 1000 for t in ts):
-                raise SamplerError(f"timesteps must be a list of integers in [0, 999], found {ts!r}")
-            return cls(name, timesteps=tuple(int(t) for t in ts))
+            values = {k: READ[k](data[k]) for k in keys}
+            boundary = {k: values.pop(k) for k in asdict(ConsistencyBoundary()) if k in values}
+            return cls(name, **values, **({"boundary": ConsistencyBoundary(**boundary)} if boundary else {}))
         except (TypeError, ValueError) as e:
             raise SamplerError(f"{where}: {e}") from None
 
@@ -292,3 +283,14 @@ def _int(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SamplerError(f"expected an integer, found {value!r}")
     return value
+
+
+def _timesteps(ts) -> tuple[int, ...]:
+    if not isinstance(ts, (list, tuple)) or not all(isinstance(t, int) and 0 <= t < 1000 for t in ts):
+        raise SamplerError(f"timesteps must be a list of integers in [0, 999], found {ts!r}")
+    return tuple(int(t) for t in ts)
+
+
+# how ``Sampler.from_dict`` reads each setting of a sampler.json (JSON value -> the field's value)
+READ = {"steps": _int, "grid_steps": _int, "guidance_scale": float, "grid": str, "timesteps": _timesteps,
+        "guidance": lambda g: None if g is None else float(g), "sigma_data": float, "timestep_scaling": float}

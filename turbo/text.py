@@ -48,15 +48,13 @@ class TextCond:
         return self.embeds.shape[0]
 
     def _map(self, fn) -> "TextCond":
-        return TextCond(*(None if v is None else fn(name, v) for name, v in self._fields()))
-
-    def _fields(self):
-        return [(f, getattr(self, f)) for f in ("embeds", "mask", "pooled", "image_latents", "image_embeds")]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return TextCond(**{k: None if v is None else fn(k, v) for k, v in values.items()})
 
     @staticmethod
     def cat(conds: list["TextCond"]) -> "TextCond":
         values = []
-        for name in ("embeds", "mask", "pooled", "image_latents", "image_embeds"):
+        for name in (f.name for f in dataclasses.fields(TextCond)):
             parts = [getattr(c, name) for c in conds]
             if all(p is None for p in parts):
                 values.append(None)
@@ -88,7 +86,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer, max_length: int):
         super().__init__()
-        self.model = model.eval().requires_grad_(False)
+        self.model = _frozen(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
         self._cache: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}

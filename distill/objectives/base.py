@@ -74,16 +74,19 @@ class Losses:
 
 class Objective(Protocol):
     """The protocol the loop drives. An objective may subclass it for the defaults below: one
-    group "student" stepping every step, no critic, nothing to track, save or export beyond the
-    student LoRA."""
+    group "student" (its adapter) stepping every step, no critic, nothing to track, save or export
+    beyond the student LoRA."""
 
     name: str
     needs_videos: bool
     optim: dict[str, dict[str, Any]]
     student: str | None  # the adapter trained as the few-step student, or None
+    denoiser: Denoiser
     feeds_rewards: bool = True
 
-    def trainable(self) -> dict[str, list[nn.Parameter]]: ...
+    def trainable(self) -> dict[str, list[nn.Parameter]]:
+        """Its parameter groups; by default the student adapter alone."""
+        return {"student": self.denoiser.adapter_parameters(self.student)}
 
     def generator_loss(self, batch: Batch, step: int, generator: torch.Generator) -> Losses: ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from distill.objectives.base import Batch, Losses, Objective, add_student, check_optim, ema_, noise_like
 from turbo.denoiser import Denoiser
@@ -97,9 +97,6 @@ class ConsistencyDistillation(Objective):
         if self.loss == "huber":
             return torch.mean(torch.sqrt((f.float() - target.float()) ** 2 + self.huber_c ** 2) - self.huber_c)
         return F.mse_loss(f.float(), target.float())
-
-    def trainable(self) -> dict[str, list[nn.Parameter]]:
-        return {"student": self.denoiser.adapter_parameters(self.student)}
 
     def sampler(self, steps: int, guidance: float | None = None) -> Sampler:
         """LCM multistep sampling on this objective's grid (4 of 50 steps: 999, 759, 519, 279); the w

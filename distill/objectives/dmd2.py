@@ -158,7 +158,7 @@ class DMD2(Objective):  # the critic and GAN head serve training only: nothing t
         critic = self.denoiser.adapter_parameters("critic")
         if self.head is not None:
             critic = critic + list(self.head.parameters())
-        return {"student": self.denoiser.adapter_parameters(self.student), "critic": critic}
+        return {**super().trainable(), "critic": critic}
 
     def extra_state(self) -> dict[str, Tensor]:
         return {} if self.head is None else {f"gan_head.{k}": v for k, v in self.head.state_dict().items()}

@@ -65,16 +65,13 @@ def build_suite(cfg: DictConfig) -> Suite:
 def make_generate(cfg: DictConfig, suite: Suite):
     """generate(item) -> F,3,H,W in [0, 1]: the model (teacher or ``lora`` student) with its sampler;
     with ``image_stage.model`` set, the factored pipeline (its first frame, then the I2V ``model``)."""
-    from turbo.generate import check_image_stage, load_image_stage, resolve_device
+    from turbo.generate import check_image_stage, load
     from turbo.i2v import load_image
-    from turbo.pipeline import load_stage, sampler_from_config, t2i2v
+    from turbo.pipeline import t2i2v
 
-    device = resolve_device(str(cfg.device))
-    sampler = sampler_from_config(cfg.sampler, cfg.lora)
-    stage = load_stage(cfg.model, sampler, device, lora=cfg.lora, inference=cfg.inference)
+    stage = load(cfg)
     v = cfg.video
     f, h, w = int(v.num_frames), int(v.height), int(v.width)
-    stage.vae.check_video_size(f, h, w, key="video")
     is_i2v, name = stage.i2v is not None, cfg.model.get("name", "?")
     image_cfg = cfg.get("image_stage")
     factored = image_cfg is not None and image_cfg.get("model") is not None
@@ -91,13 +88,10 @@ def make_generate(cfg: DictConfig, suite: Suite):
         raise ConfigError(f"suite={suite.name} is a text-to-video suite; model={name} is an image-to-video model: "
                           f"set +model@image_stage.model=<a text-to-image model> for the factored pipeline, or use "
                           f"suite=vbench_i2v (or suite=toybench with its true first frames)")
-    extra = {"model": cfg.model.get("name"), "lora": None if cfg.lora is None else str(cfg.lora),
-             "sampler": sampler.to_dict()}
+    extra = stage.record()
     if factored:
-        image_stage = load_image_stage(cfg)
-        extra["image_stage"] = {"model": image_cfg.model.get("name"),
-                                "lora": None if image_cfg.lora is None else str(image_cfg.lora),
-                                "sampler": image_stage.sampler.to_dict()}
+        image_stage = load(cfg, "image_stage")
+        extra["image_stage"] = image_stage.record()
 
         def generate(item: Item) -> torch.Tensor:
             return t2i2v(image_stage, stage, [item.model_prompt], item.seed, f, h, w, cfg.negative_prompt)[0].cpu()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from turbo.config import ConfigError, build
 from turbo.denoiser import Denoiser
-from turbo.generate import generate, load, load_image_stage, sample_latents
+from turbo.generate import generate, load, sample_latents
 from turbo.i2v import load_image
 from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 from safetensors import safe_open
@@ -287,7 +287,7 @@ def test_t2i2v_is_the_image_stage_then_the_i2v_stage(tmp_path):
     assert rows[0]["mode"] == "t2i2v" and rows[0]["image_stage"] == {
         "model": "tiny_sd15", "sampler": {"name": "teacher", "steps": 2, "guidance_scale": 7.5, "grid": "index"},
         "steps": 2, "lora": None}
-    video_stage, image_stage = load(cfg), load_image_stage(cfg)
+    video_stage, image_stage = load(cfg), load(cfg, "image_stage")
     assert image_stage.denoiser.family == "unet2d" and video_stage.i2v is not None
     prompt, seed = "a blue square moving up", 3
     composed = t2i2v(image_stage, video_stage, [prompt], seed, 9, 32, 32)
@@ -307,13 +307,13 @@ def test_t2i2v_image_stage_can_be_a_student_or_a_one_frame_video_model(tmp_path)
     folder = tmp_path / "t2i_student"
     perturbed_student("tiny_sd15", folder, False, sampler=SAMPLERS["fixed"])
     base = [*I2V, "mode=t2i2v", "image_stage.sampler.teacher.steps=2"]
-    teacher = load_image_stage(cfg_for(*base))
-    student = load_image_stage(cfg_for(*base, f"image_stage.lora={folder}"))
+    teacher = load(cfg_for(*base), "image_stage")
+    student = load(cfg_for(*base, f"image_stage.lora={folder}"), "image_stage")
     assert student.role == "student" and student.sampler.timesteps == (999, 499)
     a = first_frames(teacher, ["a red circle"], 32, 32, 0)
     b = first_frames(student, ["a red circle"], 32, 32, 0)
     assert a.shape == b.shape == (1, 3, 32, 32) and (a - b).abs().max() > 1e-3
-    wan = load_image_stage(cfg_for(*base, "model@image_stage.model=tiny_wan"))  # T2V model, one frame
+    wan = load(cfg_for(*base, "model@image_stage.model=tiny_wan"), "image_stage")  # T2V model, one frame
     assert first_frames(wan, ["a red circle"], 32, 32, 0).shape == (1, 3, 32, 32)
 
 
