@@ -111,7 +111,7 @@ class DualEncoderReward(FrozenReward):
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, image_size: int, mean: Sequence[float],
                  std: Sequence[float], interpolation: Literal["bicubic", "bilinear"], name: str) -> None:
         super().__init__(name)
-        image_batch(torch.zeros(0, 3, 1, 1), interpolation, who=f"reward '{name}'")  # a bad name fails now
+        check_interpolation(interpolation, who=f"reward '{name}'")  # at construction, not at the first score
         self.model = model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -127,6 +127,9 @@ class DualEncoderReward(FrozenReward):
             tokens = self.tokenizer(ps)
             if isinstance(tokens, Mapping):  # BERT-style tokenizers: input_ids and attention_mask
                 return self.model.encode_text({k: v.to(device) for k, v in tokens.items()})
+            if not isinstance(tokens, Tensor):
+                raise TypeError(f"reward '{self.name}': tokenizer output must be a Tensor or a mapping of Tensors, "
+                                f"found {type(tokens).__name__}")
             return self.model.encode_text(tokens.to(device))
 
         return self.cached_text_features(prompts, encode)
@@ -189,9 +192,13 @@ def image_batch(images: Tensor, interpolation: str, *, who: str) -> Tensor:
     low precision costs accuracy for no speed at these sizes."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{who}: expected images N,3,H,W, found shape {tuple(images.shape)}")
+    check_interpolation(interpolation, who=who)
+    return images.float()
+
+
+def check_interpolation(interpolation: str, *, who: str) -> None:
     if interpolation not in ("bicubic", "bilinear"):
         raise ValueError(f"{who}: interpolation must be 'bicubic' or 'bilinear', found {interpolation!r}")
-    return images.float()
 
 
 def preprocess_images(

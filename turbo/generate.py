@@ -9,8 +9,9 @@ Modes (``mode=``):
   with ``image_stage.model`` (a one-frame video of any text-to-image or text-to-video model, with its
   own ``image_stage.lora`` and ``image_stage.sampler``) -> video with the I2V ``model``.
 
-    load(cfg[, part])     config -> the video stage (or mode=t2i2v's image stage) (text encoder, VAE, Denoiser + the student adapter
-                          read from the LoRA folder: rank, alpha and targets from its safetensors metadata)
+    load(cfg[, part])     config -> the video stage, or part="image_stage" mode=t2i2v's first-frame
+                          stage (text encoder, VAE, Denoiser + the student adapter read from the
+                          LoRA folder: rank, alpha and targets from its safetensors metadata)
     sample_latents(...)   one (prompt, seed) -> latents, with the configured sampler
     generate(cfg, out)    every prompt x seed -> ``{index:03d}_{seed}_{slug}.mp4``, ``grid.png``
                           (first frames, one row per prompt) and ``prompts.jsonl``
