@@ -2,7 +2,7 @@
 pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its upper bound).
 
     python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
-        [--t2v-student RUN/student] [--i2v-student RUN/student]
+        [--t2i toy_t2i] [--i2v toy_i2v] [--t2v-student RUN/student] [--i2v-student RUN/student]
 
 Rows (all on ToyBench's held-out prompts, same seeds):
 - ``t2v``: the T2V teacher (conf/model/toy_t2v.yaml) with CFG;
@@ -14,7 +14,8 @@ Rows (all on ToyBench's held-out prompts, same seeds):
 With ``--t2v-student`` / ``--i2v-student`` (the ``student`` folder of a turbo-train run on
 ``model=toy_t2v`` / ``model=toy_i2v``, sampled as its ``sampler.json`` says) the students get the
 same rows: the T2V student, and the I2V student after the T2I teacher's first frame (the factored
-student of Magic 1-For-1) and from the true first frame.
+student of Magic 1-For-1) and from the true first frame. ``--t2i`` / ``--i2v`` pick other teachers'
+model configs (the width-128 ones: ``--t2i toy_t2i_w128_15k --i2v toy_i2v_w128``).
 """
 
 from __future__ import annotations
@@ -53,31 +54,33 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--out", help="also write the table to this markdown file")
-    parser.add_argument("--t2i", default="toy_t2i", help="the T2I teacher's model config (toy_t2i, toy_t2i_w128)")
+    parser.add_argument("--t2i", default="toy_t2i", help="the T2I teacher's model config (toy_t2i, toy_t2i_w128_15k)")
+    parser.add_argument("--i2v", default="toy_i2v", help="the I2V teacher's model config (toy_i2v, toy_i2v_w128)")
     parser.add_argument("--t2v-student", help="a toy_t2v run's student folder: also score it")
     parser.add_argument("--i2v-student", help="a toy_i2v run's student folder: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
-    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.t2i, "toy_i2v"))
+    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.t2i, args.i2v))
     bench = ToyBench(num_prompts=args.prompts, num_frames=9)
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
+    t2i_name, i2v_name = args.t2i.removeprefix("toy_"), args.i2v.removeprefix("toy_")
     samplers = {
         f"t2v ({args.steps} steps, CFG {args.guidance})": video(t2v),
-        f"t2i -> i2v ({args.steps} + {args.steps} steps)": factored(t2i, i2v),
-        f"real first frame -> i2v ({args.steps} steps)": video(i2v, first_frames=real_first),
+        f"{t2i_name} -> {i2v_name} ({args.steps} + {args.steps} steps)": factored(t2i, i2v),
+        f"real first frame -> {i2v_name} ({args.steps} steps)": video(i2v, first_frames=real_first),
     }
     if args.t2v_student:
         student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student)
         samplers[f"t2v student ({student.sampler.nfe} NFE)"] = video(student)
     if args.i2v_student:
-        i2v_student = _stage("toy_i2v", Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
+        i2v_student = _stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
         nfe = i2v_student.sampler.nfe
-        samplers[f"t2i ({args.steps} steps) -> i2v student ({nfe} NFE)"] = factored(t2i, i2v_student)
-        samplers[f"real first frame -> i2v student ({nfe} NFE)"] = video(i2v_student, first_frames=real_first)
+        samplers[f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({nfe} NFE)"] = factored(t2i, i2v_student)
+        samplers[f"real first frame -> {i2v_name} student ({nfe} NFE)"] = video(i2v_student, first_frames=real_first)
     rows, _ = bench.compare(samplers)
     image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
-    image_rows, _ = image_bench.compare({f"t2i, one frame ({args.steps} steps)": video(t2i, num_frames=1)})
+    image_rows, _ = image_bench.compare({f"{t2i_name}, one frame ({args.steps} steps)": video(t2i, num_frames=1)})
     return emit(compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1), args.out)
 
 

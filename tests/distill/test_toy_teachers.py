@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from distill.train import run_training
 from turbo.toy.assets import asset, manifest
 
-TEACHERS = [name for name in ("t2i", "t2i_w128", "t2i_w128_15k", "t2v", "i2v") if name in manifest()]
+TEACHERS = [name for name in ("t2i", "t2i_w128", "t2i_w128_15k", "t2v", "i2v", "i2v_w128") if name in manifest()]
 
 
 def cfg_for(*overrides):
@@ -49,3 +49,38 @@ def test_a_sample_prompt_outside_the_toy_grammar_stops_the_run_before_training(t
     with pytest.raises(CaptionError, match="expected a colour.*found 'purple'"):
         run_training(cfg, tmp_path)
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_ship_copies_a_finished_run_and_can_store_its_backbone_in_half_precision(tmp_path):
+    """``turbo.toy.assets ship``: the exported backbone, text encoder, tokenizer and recipe of a
+    finished teacher run; with ``storage_dtype="float16"`` the backbone's file holds float16 tensors
+    (about half the bytes) that load back into a float32 model equal to the trained weights rounded once."""
+    from safetensors import safe_open
+
+    from turbo.models.load import load_backbone
+    from turbo.toy.assets import ship
+
+    run = tmp_path / "run"
+    run_training(cfg_for("experiment=toy_teacher_t2i", "train.steps=2", "train.checkpoint_every=2",
+                         "samples.teacher_steps=1", "samples.prompts=[a red circle moving left]", "~eval"), run)
+    weights = tmp_path / "weights"
+    full = ship(run, "full", "the command", root=weights)
+    half = ship(run, "half", "the command", root=weights, storage_dtype="float16")
+    assert full["recipe"]["command"] == "the command" and full["recipe"]["steps"] == 2
+    assert "storage_dtype" not in full["recipe"] and half["recipe"]["storage_dtype"] == "float16"
+    assert set(full["files"]) == set(half["files"]) >= {"transformer/config.json", "text_encoder/model.safetensors"}
+
+    rel = "transformer/diffusion_pytorch_model.safetensors"
+    for name, dtype in (("full", torch.float32), ("half", torch.float16)):
+        with safe_open(str(weights / name / rel), framework="pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {dtype}
+    assert (weights / "half" / rel).stat().st_size < 0.6 * (weights / "full" / rel).stat().st_size
+
+    trained, shipped = (load_backbone(str(weights / n), "wan") for n in ("full", "half"))
+    assert {p.dtype for p in shipped.parameters()} == {torch.float32}
+    for a, b in zip(trained.parameters(), shipped.parameters()):
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)
+    assert any((a != b).any() for a, b in zip(trained.parameters(), shipped.parameters()))  # it was rounded
+
+    with pytest.raises(ValueError, match="storage_dtype='bfloat8'"):
+        ship(run, "bad", "the command", root=weights, storage_dtype="bfloat8")

@@ -19,3 +19,10 @@ def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first
                         "t2i (2 steps) -> i2v student (2 NFE)", "real first frame -> i2v student (2 NFE)",
                         "t2i, one frame (2 steps)"]
     assert (tmp_path / "t.md").read_text().strip() == text.strip()
+
+
+def test_other_teachers_are_picked_by_model_config_and_named_in_the_rows():
+    text = main(["--prompts", "1", "--steps", "1", "--t2i", "toy_t2i_w128_15k", "--i2v", "toy_i2v_w128"])
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == ["t2v (1 steps, CFG 3.0)", "t2i_w128_15k -> i2v_w128 (1 + 1 steps)",
+                        "real first frame -> i2v_w128 (1 steps)", "t2i_w128_15k, one frame (1 steps)"]

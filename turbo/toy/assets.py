@@ -89,11 +89,22 @@ def register(name: str, recipe: dict, root: Path | None = None) -> dict:
 
 
 # --- shipping a trained teacher -------------------------------------------------------------------
-def ship(run_dir: str | Path, name: str, command: str, root: Path | None = None) -> dict:
+STORAGE_DTYPES = ("float32", "float16")
+
+
+def ship(run_dir: str | Path, name: str, command: str, root: Path | None = None,
+         storage_dtype: str = "float32") -> dict:
     """Copy a finished ``objective=diffusion train=base`` run into shipped asset ``name``: its
     exported backbone (``<run>/teacher/<transformer|unet>``), the frozen text encoder and tokenizer
     its config builds, and the recipe (command, seed, steps, final loss = mean of the last 50
-    steps, date) read from the run's config.yaml and metrics.jsonl."""
+    steps, date) read from the run's config.yaml and metrics.jsonl.
+
+    ``storage_dtype="float16"`` stores the backbone's floating tensors in half precision (half the
+    bytes, for the 20 MiB budget); diffusers loads them back into the float32 model the toy
+    teachers compute in, so the shipped teacher is the trained one rounded to float16 once. The
+    recipe records it, and what is measured on the shipped asset is measured on those weights."""
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype={storage_dtype!r}: expected one of {', '.join(STORAGE_DTYPES)}")
     import datetime
     import shutil
     import statistics
@@ -118,6 +129,8 @@ def ship(run_dir: str | Path, name: str, command: str, root: Path | None = None)
     folder.mkdir(parents=True)
     for component in exported:
         shutil.copytree(component, folder / component.name)
+        if storage_dtype == "float16":
+            _to_half(folder / component.name)
     text = build(cfg.model.text_encoder, "model.text_encoder")
     text.model.save_pretrained(folder / "text_encoder")
     text.tokenizer.save_pretrained(folder / "tokenizer")
@@ -127,8 +140,22 @@ def ship(run_dir: str | Path, name: str, command: str, root: Path | None = None)
         "first_losses": [round(v, 6) for v in losses[:5]],
         "final_loss": round(statistics.fmean(losses[-50:]), 6),
         "date": datetime.date.today().isoformat(),
+        **({} if storage_dtype == "float32" else {"storage_dtype": storage_dtype}),
     }
     return register(name, recipe, root)
+
+
+def _to_half(folder: Path) -> None:
+    """Rewrite every safetensors file under ``folder`` with its floating tensors in float16."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(path),
+                  metadata=metadata)
 
 
 def _main(argv: list[str] | None = None) -> None:
@@ -140,12 +167,14 @@ def _main(argv: list[str] | None = None) -> None:
     sub.add_parser("check", help="verify every shipped file against MANIFEST.json")
     s = sub.add_parser("ship", help="ship a finished objective=diffusion run as a toy teacher")
     s.add_argument("run"), s.add_argument("name"), s.add_argument("--command", required=True)
+    s.add_argument("--storage-dtype", default="float32", choices=STORAGE_DTYPES,
+                   help="float16 halves the backbone's bytes; it loads back into float32")
     args = parser.parse_args(argv)
     if args.cmd == "check":
         for name in manifest():
             print(f"{name}: ok ({len(manifest()[name]['files'])} files)", asset(name))
     else:
-        entry = ship(args.run, args.name, args.command)
+        entry = ship(args.run, args.name, args.command, storage_dtype=args.storage_dtype)
         print(json.dumps(entry["recipe"], indent=2))
 
 
