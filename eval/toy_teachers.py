@@ -65,22 +65,28 @@ def main(argv: list[str] | None = None) -> str:
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
     t2i_name, i2v_name = args.t2i.removeprefix("toy_"), args.i2v.removeprefix("toy_")
-    samplers = {
-        f"t2v ({args.steps} steps, CFG {args.guidance})": video(t2v),
-        f"{t2i_name} -> {i2v_name} ({args.steps} + {args.steps} steps)": factored(t2i, i2v),
-        f"real first frame -> {i2v_name} ({args.steps} steps)": video(i2v, first_frames=real_first),
-    }
+    samplers, nfe = {}, {}  # label -> ToyBench sampler, and its network evaluations per video
+
+    def row(label: str, sample, evaluations: int) -> None:
+        samplers[label], nfe[label] = sample, evaluations
+
+    row(f"t2v ({args.steps} steps, CFG {args.guidance})", video(t2v), t2v.sampler.nfe)
+    row(f"{t2i_name} -> {i2v_name} ({args.steps} + {args.steps} steps)", factored(t2i, i2v),
+        t2i.sampler.nfe + i2v.sampler.nfe)
+    row(f"real first frame -> {i2v_name} ({args.steps} steps)", video(i2v, first_frames=real_first), i2v.sampler.nfe)
     if args.t2v_student:
         student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student)
-        samplers[f"t2v student ({student.sampler.nfe} NFE)"] = video(student)
+        row(f"t2v student ({student.sampler.nfe} NFE)", video(student), student.sampler.nfe)
     if args.i2v_student:
         i2v_student = _stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
-        nfe = i2v_student.sampler.nfe
-        samplers[f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({nfe} NFE)"] = factored(t2i, i2v_student)
-        samplers[f"real first frame -> {i2v_name} student ({nfe} NFE)"] = video(i2v_student, first_frames=real_first)
-    rows, _ = bench.compare(samplers)
+        n = i2v_student.sampler.nfe
+        row(f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({n} NFE)", factored(t2i, i2v_student),
+            t2i.sampler.nfe + n)
+        row(f"real first frame -> {i2v_name} student ({n} NFE)", video(i2v_student, first_frames=real_first), n)
+    rows, _ = bench.compare(samplers, nfe=nfe)
     image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
-    image_rows, _ = image_bench.compare({f"{t2i_name}, one frame ({args.steps} steps)": video(t2i, num_frames=1)})
+    one_frame = f"{t2i_name}, one frame ({args.steps} steps)"
+    image_rows, _ = image_bench.compare({one_frame: video(t2i, num_frames=1)}, nfe={one_frame: t2i.sampler.nfe})
     return emit(compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1), args.out)
 
 

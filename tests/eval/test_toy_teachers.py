@@ -21,8 +21,10 @@ def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first
     assert (tmp_path / "t.md").read_text().strip() == text.strip()
 
 
-def test_other_teachers_are_picked_by_model_config_and_named_in_the_rows():
+def test_other_teachers_are_picked_by_model_config_and_named_in_the_rows_with_their_evaluations():
     text = main(["--prompts", "1", "--steps", "1", "--t2i", "toy_t2i_w128_15k", "--i2v", "toy_i2v_w128"])
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["t2v (1 steps, CFG 3.0)", "t2i_w128_15k -> i2v_w128 (1 + 1 steps)",
                         "real first frame -> i2v_w128 (1 steps)", "t2i_w128_15k, one frame (1 steps)"]
+    nfe = [line.split("|")[-2].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert nfe[1:] == ["2", "4", "2", "2"]  # CFG counts 2 per step; the factored row adds both stages
