@@ -84,3 +84,12 @@ def test_ship_copies_a_finished_run_and_can_store_its_backbone_in_half_precision
 
     with pytest.raises(ValueError, match="storage_dtype='bfloat8'"):
         ship(run, "bad", "the command", root=weights, storage_dtype="bfloat8")
+
+
+def test_a_teacher_shipped_in_float16_loads_as_float32():
+    from turbo.toy.models import shipped_backbone
+
+    half = [name for name, entry in manifest().items() if entry["recipe"].get("storage_dtype") == "float16"]
+    assert "i2v_w128" in half
+    for name in half:
+        assert {p.dtype for p in shipped_backbone(name).parameters()} == {torch.float32}

@@ -142,11 +142,12 @@ def toy_wan(seed: int = 0, in_channels: int = 12, out_channels: int | None = Non
 
 
 def shipped_backbone(name: str, family: str = "wan"):
-    """The backbone of shipped toy teacher ``name`` (checksums checked)."""
+    """The backbone of shipped toy teacher ``name`` (checksums checked), in float32 also when its
+    file is stored in float16 (``ship --storage-dtype float16``): the toy teachers compute in float32."""
     from turbo.models.load import load_backbone
     from turbo.toy.assets import asset
 
-    return load_backbone(str(asset(name)), family, key=f"toy teacher {name!r}")
+    return load_backbone(str(asset(name)), family, key=f"toy teacher {name!r}").float()
 
 
 def shipped_text_encoder(name: str) -> ToyTextEncoder:
