@@ -2,7 +2,7 @@
 pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its upper bound).
 
     python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
-        [--t2i toy_t2i] [--i2v toy_i2v] [--t2v-student RUN/student] [--i2v-student RUN/student]
+        [--t2i toy_t2i_w128_15k] [--i2v toy_i2v_w128] [--t2v-student RUN/student] [--i2v-student RUN/student]
 
 Rows (all on ToyBench's held-out prompts, same seeds):
 - ``t2v``: the T2V teacher (conf/model/toy_t2v.yaml) with CFG;
@@ -14,8 +14,10 @@ Rows (all on ToyBench's held-out prompts, same seeds):
 With ``--t2v-student`` / ``--i2v-student`` (the ``student`` folder of a turbo-train run on
 ``model=toy_t2v`` / ``model=toy_i2v``, sampled as its ``sampler.json`` says) the students get the
 same rows: the T2V student, and the I2V student after the T2I teacher's first frame (the factored
-student of Magic 1-For-1) and from the true first frame. ``--t2i`` / ``--i2v`` pick other teachers'
-model configs (the width-128 ones: ``--t2i toy_t2i_w128_15k --i2v toy_i2v_w128``).
+student of Magic 1-For-1) and from the true first frame (an I2V student of the width-64
+``toy_i2v`` is scored with ``--t2i toy_t2i --i2v toy_i2v``). ``--t2i`` / ``--i2v`` pick the teachers' model
+configs; by default the strongest shipped ones, the width-128 T2I and I2V teachers (the T2V row is
+the width-64 teacher the embedded default distils).
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--out", help="also write the table to this markdown file")
-    parser.add_argument("--t2i", default="toy_t2i", help="the T2I teacher's model config (toy_t2i, toy_t2i_w128_15k)")
-    parser.add_argument("--i2v", default="toy_i2v", help="the I2V teacher's model config (toy_i2v, toy_i2v_w128)")
+    parser.add_argument("--t2i", default="toy_t2i_w128_15k", help="the T2I teacher's model config (toy_t2i_w128_15k, toy_t2i)")
+    parser.add_argument("--i2v", default="toy_i2v_w128", help="the I2V teacher's model config (toy_i2v_w128, toy_i2v)")
     parser.add_argument("--t2v-student", help="a toy_t2v run's student folder: also score it")
     parser.add_argument("--i2v-student", help="a toy_i2v run's student folder: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)

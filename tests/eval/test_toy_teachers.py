@@ -12,7 +12,8 @@ def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first
                                           "video.num_frames=9", "video.height=32", "video.width=32",
                                           "train.steps=1", "train.batch_size=1"])
     run_training(cfg, tmp_path / "run")
-    text = main(["--prompts", "1", "--steps", "2", "--i2v-student", str(tmp_path / "run" / "student"),
+    text = main(["--prompts", "1", "--steps", "2", "--t2i", "toy_t2i", "--i2v", "toy_i2v",
+                 "--i2v-student", str(tmp_path / "run" / "student"),
                  "--out", str(tmp_path / "t.md")])
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["t2v (2 steps, CFG 3.0)", "t2i -> i2v (2 + 2 steps)", "real first frame -> i2v (2 steps)",
@@ -21,8 +22,8 @@ def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first
     assert (tmp_path / "t.md").read_text().strip() == text.strip()
 
 
-def test_other_teachers_are_picked_by_model_config_and_named_in_the_rows_with_their_evaluations():
-    text = main(["--prompts", "1", "--steps", "1", "--t2i", "toy_t2i_w128_15k", "--i2v", "toy_i2v_w128"])
+def test_by_default_the_width_128_teachers_are_named_in_the_rows_with_their_evaluations():
+    text = main(["--prompts", "1", "--steps", "1"])  # the defaults: the width-128 T2I and I2V teachers
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[1:] == ["t2v (1 steps, CFG 3.0)", "t2i_w128_15k -> i2v_w128 (1 + 1 steps)",
                         "real first frame -> i2v_w128 (1 steps)", "t2i_w128_15k, one frame (1 steps)"]
