@@ -18,7 +18,7 @@ def mixture():
 
 def test_the_attack_climbs_the_reward_from_a_blank_video(mixture):
     prompts = ["a red circle moving left", "a blue square moving up"]
-    video = attack(mixture, prompts, 9, 32, 32, steps=40, lr=0.01)
+    video = attack(mixture, prompts, 9, 32, 32, steps=60, lr=0.01)
     blank = torch.tensor(BACKGROUND).view(1, 1, 3, 1, 1).expand_as(video).contiguous()
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     before, after = mixture_score(mixture, blank, prompts, gen())[0], mixture_score(mixture, video, prompts, gen())[0]
