@@ -4,15 +4,16 @@ pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its up
     python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
         [--t2i toy_t2i_w128_15k] [--i2v toy_i2v_w128] [--t2v-student RUN/student] [--i2v-student RUN/student]
 
-Rows (all on ToyBench's held-out prompts, same seeds):
+Rows (all on ToyBench's held-out prompts, same seeds; ``<t2i>`` / ``<i2v>`` are the ``--t2i`` /
+``--i2v`` config names without ``toy_``):
 - ``t2v``: the T2V teacher (conf/model/toy_t2v.yaml) with CFG;
-- ``t2i -> i2v``: the T2I teacher draws the first frame, the I2V teacher animates it (turbo/pipeline.py);
-- ``real first frame -> i2v``: the I2V teacher from a real clip's first frame of the prompt;
-- ``t2i`` (one-frame videos, scored by a one-frame ToyBench: colour, shape and count only mean
-  anything there).
+- ``<t2i> -> <i2v>``: the T2I teacher draws the first frame, the I2V teacher animates it (turbo/pipeline.py);
+- ``real first frame -> <i2v>``: the I2V teacher from a real clip's first frame of the prompt;
+- ``<t2i>, one frame`` (one-frame videos, scored by a one-frame ToyBench: colour, shape and count
+  only mean anything there).
 
 With ``--t2v-student`` / ``--i2v-student`` (the ``student`` folder of a turbo-train run on
-``model=toy_t2v`` / ``model=toy_i2v``, sampled as its ``sampler.json`` says) the students get the
+``model=toy_t2v`` / the ``--i2v`` model, sampled as its ``sampler.json`` says) the students get the
 same rows: the T2V student, and the I2V student after the T2I teacher's first frame (the factored
 student of Magic 1-For-1) and from the true first frame (an I2V student of the width-64
 ``toy_i2v`` is scored with ``--t2i toy_t2i --i2v toy_i2v``). ``--t2i`` / ``--i2v`` pick the teachers' model
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--t2i", default="toy_t2i_w128_15k", help="the T2I teacher's model config (toy_t2i_w128_15k, toy_t2i)")
     parser.add_argument("--i2v", default="toy_i2v_w128", help="the I2V teacher's model config (toy_i2v_w128, toy_i2v)")
     parser.add_argument("--t2v-student", help="a toy_t2v run's student folder: also score it")
-    parser.add_argument("--i2v-student", help="a toy_i2v run's student folder: also score it, factored and from the true first frame")
+    parser.add_argument("--i2v-student", help="the student folder of a run on the --i2v model: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
     t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.t2i, args.i2v))
