@@ -159,7 +159,7 @@ def validate(run: Run) -> dict:
 def save_student(run: Run, adapter: str, sampler: Sampler) -> None:
     """``student/``: the diffusers LoRA, ``sampler.json`` and the exports ``student.export`` asks for."""
     folder, export = run.out.path / "student", run.cfg.student.export
-    save_lora(run.denoiser, adapter, folder)
+    save_lora(run.denoiser, adapter, folder, model=run.cfg.model.get("name"))
     sampler.save(folder)
     if export.original_keys:
         save_original_keys(run.denoiser, adapter, folder)

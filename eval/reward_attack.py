@@ -12,6 +12,7 @@ that does not show the thing. A reward that resists hacking has no successes.
     python -m eval.reward_attack                    # the shipped toy rewards (reward=toy), 24 captions
     python -m eval.reward_attack --captions 8 --steps 100 --out attack.md
     python -m eval.reward_attack --ranking           # and each reward's ranking accuracy on real / teacher videos
+    python -m eval.reward_attack --ranking --t2i none --video toy_t2v   # ranked on the T2V teacher's samples
 """
 
 from __future__ import annotations
@@ -121,18 +122,30 @@ def ranking(reward: MixedReward, teacher_videos: dict[str, torch.Tensor]) -> str
     return "\n".join(lines)
 
 
-def teacher_samples(bench: ToyBench, model: str = "toy_t2v", steps: int = 50, guidance: float = 3.0,
-                    seeds: int = 2) -> dict[str, torch.Tensor]:
-    """``seeds`` videos per held-out caption from a shipped toy teacher (its CFG sampler)."""
+def teacher_samples(bench: ToyBench, t2i: str | None = "toy_t2i_w128_15k", video: str = "toy_i2v_w128",
+                    steps: int = 50, guidance: float = 3.0, seeds: int = 2) -> dict[str, torch.Tensor]:
+    """``seeds`` videos per held-out caption from shipped toy teachers (their CFG samplers): the
+    factored ``t2i`` -> ``video`` pipeline (Magic 1-For-1; the default, the strongest shipped
+    teachers: ToyBench colour, shape and motion 100) or, with ``t2i=None``, the text-to-video
+    model ``video``."""
     from turbo.config import compose_config
-    from turbo.pipeline import Sampler, load_stage
+    from turbo.pipeline import Sampler, load_stage, t2i2v
 
-    node = compose_config("train", [f"model={model}"]).model
-    stage = load_stage(node, Sampler("teacher", steps=steps, guidance_scale=guidance), torch.device("cpu"))
-    w = bench.world
-    batches = [stage.video(list(bench.prompts), w.num_frames, w.height, w.width, torch.Generator().manual_seed(s))
-               for s in range(seeds)]
-    return {p: torch.stack([b[i] for b in batches]) for i, p in enumerate(bench.prompts)}
+    sampler = Sampler("teacher", steps=steps, guidance_scale=guidance)
+
+    def stage(model: str):
+        node = compose_config("train", [f"model={model}"]).model
+        return load_stage(node, sampler, torch.device("cpu"), key=f"model={model}")
+
+    w, prompts, video_stage = bench.world, list(bench.prompts), stage(video)
+    image_stage = None if t2i is None else stage(t2i)
+    batches = []
+    for s in range(seeds):
+        if image_stage is None:
+            batches.append(video_stage.video(prompts, w.num_frames, w.height, w.width, torch.Generator().manual_seed(s)))
+        else:
+            batches.append(t2i2v(image_stage, video_stage, prompts, s, w.num_frames, w.height, w.width))
+    return {p: torch.stack([b[i] for b in batches]) for i, p in enumerate(prompts)}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -145,7 +158,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ranking", action="store_true",
-                        help="also: each reward's held-out ranking accuracy on real clips and on the toy T2V teacher's samples")
+                        help="also: each reward's held-out ranking accuracy on real clips and on a teacher's samples")
+    parser.add_argument("--t2i", default="toy_t2i_w128_15k",
+                        help="--ranking's teacher draws the first frame with this T2I model config ('none': "
+                             "--video is a text-to-video model that draws the whole clip)")
+    parser.add_argument("--video", default="toy_i2v_w128",
+                        help="--ranking's teacher's video model config: I2V after --t2i, or T2V (e.g. toy_t2v with --t2i none)")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     cfg = compose_config("train", [f"reward={args.reward}"])
@@ -154,8 +172,11 @@ def main(argv: list[str] | None = None) -> str:
                      width=cfg.video.width)
     text = table(measure(reward, bench, steps=args.steps, lr=args.lr, seed=args.seed), args.steps, args.lr)
     if args.ranking:
-        text += "\n\nRanking accuracy, true caption against one attribute changed (held-out captions):\n\n"
-        text += ranking(reward, teacher_samples(bench))
+        text += "\n\n"
+        t2i = None if args.t2i.lower() == "none" else args.t2i
+        teacher = args.video if t2i is None else f"{t2i} -> {args.video}"
+        text += f"Ranking accuracy, true caption against one attribute changed (held-out captions; teacher: {teacher}):\n\n"
+        text += ranking(reward, teacher_samples(bench, t2i=t2i, video=args.video))
     from eval.toy_teachers import emit
 
     return emit(text, args.out)

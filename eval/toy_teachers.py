@@ -16,7 +16,8 @@ With ``--t2v-student`` / ``--i2v-student`` (the ``student`` folder of a turbo-tr
 ``model=toy_t2v`` / the ``--i2v`` model, sampled as its ``sampler.json`` says) the students get the
 same rows: the T2V student, and the I2V student after the T2I teacher's first frame (the factored
 student of Magic 1-For-1) and from the true first frame (an I2V student of the width-64
-``toy_i2v`` is scored with ``--t2i toy_t2i --i2v toy_i2v``). ``--t2i`` / ``--i2v`` pick the teachers' model
+``toy_i2v`` is scored with ``--t2i toy_t2i --i2v toy_i2v``; a student whose LoRA says it was trained
+on another model config is refused). ``--t2i`` / ``--i2v`` pick the teachers' model
 configs; by default the strongest shipped ones, the width-128 T2I and I2V teachers (the T2V row is
 the width-64 teacher the embedded default distils).
 """
@@ -32,9 +33,11 @@ from turbo.config import compose_config
 from turbo.pipeline import Sampler, load_stage, t2i2v
 
 
-def _stage(name: str, sampler: Sampler, lora: str | None = None):
+def _stage(name: str, sampler: Sampler, lora: str | None = None, lora_key: str = "lora"):
     model = compose_config("train", [f"model={name}"]).model
-    return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}", lora=lora)
+    # a student of another model would fill its row with that model's numbers: refused, not warned
+    return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}", lora=lora, strict_model=True,
+                      lora_key=lora_key)
 
 
 def video(stage, num_frames: int = 9, first_frames: dict | None = None):
@@ -78,10 +81,10 @@ def main(argv: list[str] | None = None) -> str:
         t2i.sampler.nfe + i2v.sampler.nfe)
     row(f"real first frame -> {i2v_name} ({args.steps} steps)", video(i2v, first_frames=real_first), i2v.sampler.nfe)
     if args.t2v_student:
-        student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student)
+        student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student, "--t2v-student")
         row(f"t2v student ({student.sampler.nfe} NFE)", video(student), student.sampler.nfe)
     if args.i2v_student:
-        i2v_student = _stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student)
+        i2v_student = _stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student, "--i2v-student")
         n = i2v_student.sampler.nfe
         row(f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({n} NFE)", factored(t2i, i2v_student),
             t2i.sampler.nfe + n)

@@ -24,6 +24,7 @@ from turbo.denoiser import Denoiser
 WEIGHTS = "pytorch_lora_weights.safetensors"
 GUIDANCE = "guidance_embedding.safetensors"
 HAS_GUIDANCE = "turbo.guidance_embedding"  # metadata: "true" when GUIDANCE belongs beside the weights
+MODEL_NAME = "turbo.model"  # metadata: the model config's name the adapter was trained on (model.name)
 
 
 def lora_ranks(state: dict[str, torch.Size]) -> dict[str, int]:
@@ -54,8 +55,10 @@ def check_lora_tensors(path: Path, shapes: dict[str, torch.Size], rank: int, tar
                          f"{outside[0]} (and {len(outside) - 1} more outside them); the file is inconsistent")
 
 
-def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
-    """Write ``adapter`` to ``folder`` atomically; returns the folder."""
+def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path, model: str | None = None) -> Path:
+    """Write ``adapter`` to ``folder`` atomically; returns the folder. ``model``: the name of the model
+    config it was trained on (``model.name``), kept in the metadata so that loading it onto another
+    model can be caught."""
     prefix = denoiser.spec.lora_prefix
     state = get_peft_model_state_dict(denoiser.backbone, adapter_name=adapter)
     state = {f"{prefix}.{k}": v.detach().cpu().clone() for k, v in state.items()}  # a copy: gathered (FSDP) weights are views of one buffer
@@ -65,8 +68,11 @@ def save_lora(denoiser: Denoiser, adapter: str, folder: str | Path) -> Path:
     config = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     with atomic_dir(folder) as tmp:
         has_guidance = adapter in denoiser.guidance_embeddings
-        save_file(state, tmp / WEIGHTS, metadata={"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True),
-                                                  HAS_GUIDANCE: json.dumps(has_guidance)})
+        metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(config, sort_keys=True),
+                    HAS_GUIDANCE: json.dumps(has_guidance)}
+        if model is not None:
+            metadata[MODEL_NAME] = str(model)
+        save_file(state, tmp / WEIGHTS, metadata=metadata)
         if adapter in denoiser.guidance_embeddings:
             save_file({k: v.detach().contiguous().cpu() for k, v in denoiser.guidance_embeddings[adapter].state_dict().items()},
                       tmp / GUIDANCE)

@@ -32,7 +32,7 @@ from turbo.config import ConfigError, build, missing_keys
 from turbo.denoiser import Denoiser, Role
 from turbo.i2v import ImageConditioner, build_i2v
 from turbo.inference import prepare_for_inference
-from turbo.lora import GUIDANCE, HAS_GUIDANCE, WEIGHTS, check_lora_tensors, load_lora
+from turbo.lora import GUIDANCE, HAS_GUIDANCE, MODEL_NAME, WEIGHTS, check_lora_tensors, load_lora
 from turbo.sampling import Sampler, SamplerError
 from turbo.text import TextCond, TextEncoder
 from turbo.vae import VideoVAE
@@ -243,12 +243,36 @@ def build_model(model: DictConfig, device: torch.device, *, key: str = "model", 
     return encoder, vae, denoiser, build_i2v(m.get("i2v"), vae, denoiser.backbone, key=f"{key}.i2v")
 
 
+def lora_model(folder: Path) -> str | None:
+    """The name of the model config a turbo-train LoRA was trained on (``model.name``, in its
+    metadata since session 15), or None when the file does not say."""
+    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as f:
+        return (f.metadata() or {}).get(MODEL_NAME)
+
+
+def check_lora_model(model: DictConfig, lora: str | None, key: str = "model", lora_key: str = "lora",
+                     strict: bool = False) -> None:
+    """A LoRA trained on another model config than ``model`` (by name): a ValueError with ``strict``,
+    else a warning (a LoRA may be meant for a renamed or re-quantised copy of its model)."""
+    trained_on, name = (None if lora is None else lora_model(Path(str(lora)))), model.get("name")
+    if trained_on is None or name is None or trained_on == name:
+        return
+    message = (f"{lora_key}={lora}: this student was trained on the model named {trained_on!r} (its {WEIGHTS} "
+               f"metadata {MODEL_NAME}), but {key} is {name!r}")
+    if strict:
+        raise ValueError(message)
+    warnings.warn(message, stacklevel=3)
+
+
 def load_stage(model: DictConfig, sampler: Sampler, device: torch.device, *, lora: str | None = None,
-               inference: DictConfig | None = None, key: str = "model", lora_key: str = "lora") -> Stage:
+               inference: DictConfig | None = None, key: str = "model", lora_key: str = "lora",
+               strict_model: bool = False) -> Stage:
     """Build a stage from a model config (``key`` names it in errors), optionally with the student
     LoRA of a turbo-train run (``lora``: its ``student`` folder). ``inference``: turbo.inference
-    options (merge_lora merges this stage's LoRA when it has one)."""
+    options (merge_lora merges this stage's LoRA when it has one). A LoRA trained on a model config
+    of another name warns, or with ``strict_model`` is refused (``check_lora_model``)."""
     check_lora_folder(lora, lora_key)
+    check_lora_model(model, lora, key, lora_key, strict=strict_model)
     text, vae, denoiser, i2v = build_model(model, device, key=key)
     role: Role = "teacher"
     if lora is not None:
@@ -262,5 +286,5 @@ def load_stage(model: DictConfig, sampler: Sampler, device: torch.device, *, lor
     return Stage(text, vae, denoiser, role, device, sampler, i2v, key, model.get("name"), None if lora is None else str(lora))
 
 
-__all__ = ["IMAGE_SEED_OFFSET", "Sampler", "Stage", "add_student", "build_model", "check_lora_folder", "t2i2v",
-           "first_frames", "load_stage", "lora_config", "rooted", "sampler_from_config"]
+__all__ = ["IMAGE_SEED_OFFSET", "Sampler", "Stage", "add_student", "build_model", "check_lora_folder", "check_lora_model", "t2i2v",
+           "first_frames", "load_stage", "lora_config", "lora_model", "rooted", "sampler_from_config"]

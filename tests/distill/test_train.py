@@ -12,6 +12,7 @@ from distill.feedback import RewardFeedback
 from distill.finish import videos_of
 from distill.train import run_training, setup
 from turbo.config import ConfigError
+from turbo.pipeline import lora_model
 from turbo.video import video_info, write_video
 
 
@@ -28,6 +29,7 @@ def test_default_run_writes_every_output(tmp_path):
     run_training(cfg_for(), tmp_path)
     lora = tmp_path / "student" / "pytorch_lora_weights.safetensors"
     assert lora.is_file() and (tmp_path / "student" / "guidance_embedding.safetensors").is_file()
+    assert lora_model(tmp_path / "student") == cfg_for().model.name  # which model it is a student of
     assert (tmp_path / "config.yaml").read_text().count("_target_") > 3
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -45,3 +45,18 @@ def test_ranking_reports_each_term_on_real_and_on_given_videos(mixture):
     assert len(rows) == 4 and "| toy_video | teacher samples |" in text
     video_on_given = [float(x) for x in rows[3].split("|")[3:6]]
     assert video_on_given[0] == 1.0  # real clips passed as "teacher samples": colour ranks perfectly
+
+
+def test_teacher_samples_come_from_the_factored_teachers_or_a_t2v_model():
+    from eval.reward_attack import teacher_samples
+
+    bench = ToyBench(num_prompts=2, num_frames=9)
+    factored = teacher_samples(bench, steps=2, seeds=2)  # default: t2i_w128_15k -> i2v_w128
+    t2v = teacher_samples(bench, t2i=None, video="toy_t2v", steps=2, seeds=1)
+    assert list(factored) == list(bench.prompts) == list(t2v)
+    for p in bench.prompts:
+        assert factored[p].shape == (2, 9, 3, 32, 32) and t2v[p].shape == (1, 9, 3, 32, 32)
+        assert not torch.equal(factored[p][0], factored[p][1])  # one video per seed
+        assert not torch.allclose(factored[p][0], t2v[p][0], atol=1e-3)  # different teachers
+    with pytest.raises(ValueError, match="image-to-video"):
+        teacher_samples(bench, t2i="toy_t2i", video="toy_t2v", steps=1, seeds=1)

@@ -1,5 +1,6 @@
 """python -m eval.toy_teachers: the shipped toy teachers (and, given, students) on ToyBench."""
 
+import pytest
 from hydra import compose, initialize_config_module
 
 from distill.train import run_training
@@ -20,6 +21,10 @@ def test_the_table_scores_a_trained_i2v_student_factored_and_from_the_true_first
                         "t2i (2 steps) -> i2v student (2 NFE)", "real first frame -> i2v student (2 NFE)",
                         "t2i, one frame (2 steps)"]
     assert (tmp_path / "t.md").read_text().strip() == text.strip()
+    # the student of toy_i2v given as a student of another I2V teacher: refused, the row would lie
+    with pytest.raises(ValueError, match=r"--i2v-student=.*student: this student was trained on the model named "
+                                         r"'toy_i2v' .* but model=toy_i2v_w128 is 'toy_i2v_w128'"):
+        main(["--prompts", "1", "--steps", "1", "--i2v-student", str(tmp_path / "run" / "student")])
 
 
 def test_by_default_the_width_128_teachers_are_named_in_the_rows_with_their_evaluations():

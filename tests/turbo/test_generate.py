@@ -193,6 +193,32 @@ def test_lora_of_another_architecture_names_the_file(tmp_path, model, overrides,
     assert e.value.__cause__ is None and "\n" not in str(e.value)
 
 
+def test_a_student_of_another_model_config_warns_or_is_refused(tmp_path):
+    """save_lora keeps model.name in the LoRA's metadata; a loader given another model config warns
+    (turbo-generate) or, strict, refuses with one line naming the folder and both models."""
+    from omegaconf import OmegaConf
+
+    from turbo.pipeline import check_lora_model, lora_model
+
+    folder = tmp_path / "student"
+    m = cfg_for("model=tiny_wan").model
+    d = Denoiser(build(m.backbone, "b"), build(m.schedule, "s"), m.family, m.get("time_embedding_module"))
+    d.add_adapter("student", rank=4, alpha=8, target_modules=list(m.lora_targets))
+    save_lora(d, "student", folder, model="tiny_wan_finetune")
+    SAMPLERS["fixed"].save(folder)
+    assert lora_model(folder) == "tiny_wan_finetune"
+    with pytest.warns(UserWarning, match="trained on the model named 'tiny_wan_finetune'"):
+        load(cfg_for(f"lora={folder}"))
+    with pytest.raises(ValueError, match=rf"--i2v-student={folder}: this student was trained on the model "
+                                         rf"named 'tiny_wan_finetune' .* but model=x is 'tiny_wan'") as e:
+        check_lora_model(m, str(folder), key="model=x", lora_key="--i2v-student", strict=True)
+    assert "\n" not in str(e.value)
+    check_lora_model(OmegaConf.create({"name": "tiny_wan_finetune"}), str(folder), strict=True)  # its own model
+    save_lora(d, "student", folder)  # written without a model name (older runs): nothing to check
+    assert lora_model(folder) is None
+    check_lora_model(m, str(folder), strict=True)
+
+
 def _cli(args, cwd):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, "-m", "turbo.generate", *args], cwd=cwd, env=env,
