@@ -1,7 +1,7 @@
 """The shipped toy teachers on ToyBench: text-to-video against the factored text -> image -> video
 pipeline (Magic 1-For-1), and the I2V teacher given the true first frame (its upper bound).
 
-    python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--prompts 24] [--out FILE]
+    python -m eval.toy_teachers [--steps 50] [--guidance 3.0] [--t2i-guidance G] [--seed 0] [--prompts 24] [--out FILE]
         [--t2i toy_t2i_w128_15k] [--i2v toy_i2v_w128] [--t2v-student RUN/student] [--i2v-student RUN/student]
 
 Rows (all on ToyBench's held-out prompts, same seeds; ``<t2i>`` / ``<i2v>`` are the ``--t2i`` /
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(prog="python -m eval.toy_teachers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--t2i-guidance", type=float,
+                        help="the T2I teacher's CFG scale, in the factored and the one-frame rows (default: --guidance)")
+    parser.add_argument("--seed", type=int, default=0, help="the samplers' noise seed (a seed's spread: run 0, 1, 2)")
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--out", help="also write the table to this markdown file")
     parser.add_argument("--t2i", default="toy_t2i_w128_15k", help="the T2I teacher's model config (toy_t2i_w128_15k, toy_t2i)")
@@ -66,11 +69,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--i2v-student", help="the student folder of a run on the --i2v model: also score it, factored and from the true first frame")
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
-    t2v, t2i, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.t2i, args.i2v))
+    t2i_guidance = args.guidance if args.t2i_guidance is None else args.t2i_guidance
+    t2v, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.i2v))
+    t2i = _stage(args.t2i, Sampler("teacher", steps=args.steps, guidance_scale=t2i_guidance))
     bench = ToyBench(num_prompts=args.prompts, num_frames=9)
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
     t2i_name, i2v_name = args.t2i.removeprefix("toy_"), args.i2v.removeprefix("toy_")
+    if t2i_guidance != args.guidance:
+        t2i_name += f" (CFG {t2i_guidance})"
     samplers, nfe = {}, {}  # label -> ToyBench sampler, and its network evaluations per video
 
     def row(label: str, sample, evaluations: int) -> None:
@@ -89,10 +96,11 @@ def main(argv: list[str] | None = None) -> str:
         row(f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({n} NFE)", factored(t2i, i2v_student),
             t2i.sampler.nfe + n)
         row(f"real first frame -> {i2v_name} student ({n} NFE)", video(i2v_student, first_frames=real_first), n)
-    rows, _ = bench.compare(samplers, nfe=nfe)
+    rows, _ = bench.compare(samplers, nfe=nfe, seed=args.seed)
     image_bench = ToyBench(num_prompts=args.prompts, num_frames=1)
     one_frame = f"{t2i_name}, one frame ({args.steps} steps)"
-    image_rows, _ = image_bench.compare({one_frame: video(t2i, num_frames=1)}, nfe={one_frame: t2i.sampler.nfe})
+    image_rows, _ = image_bench.compare({one_frame: video(t2i, num_frames=1)}, nfe={one_frame: t2i.sampler.nfe},
+                                        seed=args.seed)
     return emit(compare_table({**rows, **image_rows}, num_prompts=args.prompts, videos_per_prompt=1), args.out)
 
 

@@ -34,3 +34,12 @@ def test_by_default_the_width_128_teachers_are_named_in_the_rows_with_their_eval
                                                  "real first frame -> i2v_w128 (1 steps)", "t2i_w128_15k, one frame (1 steps)"]
     # NFE / video, the last column: CFG counts 2 per step; the factored row adds both stages
     assert [c[-2].strip() for c in cells[1:]] == ["2", "4", "2", "2"]
+
+
+def test_the_t2i_guidance_and_the_seed_reach_the_rows():
+    base = main(["--prompts", "2", "--steps", "2"])
+    other = main(["--prompts", "2", "--steps", "2", "--t2i-guidance", "6", "--seed", "1"])
+    names = [line.split("|")[1].strip() for line in other.splitlines() if line.startswith("| ") and "---" not in line]
+    assert names[2] == "t2i_w128_15k (CFG 6.0) -> i2v_w128 (2 + 2 steps)" and names[4] == "t2i_w128_15k (CFG 6.0), one frame (2 steps)"
+    scores = lambda text: [line.split("|")[2:-3] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]  # noqa: E731
+    assert scores(base)[0] != scores(other)[0]  # the t2v row, which the T2I's CFG does not touch: the seed
