@@ -139,16 +139,23 @@ def t2i2v(image_stage: Stage, video_stage: Stage, prompts: list[str], seed: int,
 
 
 # --- loading --------------------------------------------------------------------------------------
+def lora_metadata(folder: Path) -> dict[str, str]:
+    """The safetensors metadata of ``folder``'s LoRA file; a file that is not safetensors is one
+    ValueError naming it."""
+    path = Path(folder) / WEIGHTS
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # not a safetensors file
+        raise ValueError(f"{path}: cannot be read as a safetensors file ({e})") from None
+
+
 def lora_config(folder: Path) -> dict:
     """The peft LoRA config ``turbo.lora.save_lora`` wrote into the weights' safetensors metadata."""
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 
     path = folder / WEIGHTS
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:  # not a safetensors file
-        raise ValueError(f"{path}: cannot be read as a safetensors file ({e})") from None
+    meta = lora_metadata(folder)
     if LORA_ADAPTER_METADATA_KEY not in meta:
         raise ValueError(f"{path}: has no LoRA config in its metadata ({LORA_ADAPTER_METADATA_KEY!r}); "
                          f"turbo-generate reads LoRAs written by turbo-train")
@@ -244,10 +251,10 @@ def build_model(model: DictConfig, device: torch.device, *, key: str = "model", 
 
 
 def lora_model(folder: Path) -> str | None:
-    """The name of the model config a turbo-train LoRA was trained on (``model.name``, in its
-    metadata since session 15), or None when the file does not say."""
-    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as f:
-        return (f.metadata() or {}).get(MODEL_NAME)
+    """The name of the model config a turbo-train LoRA was trained on (``model.name``, which
+    ``distill.finish.save_student`` writes into its metadata), or None when the file does not say
+    (LoRAs from elsewhere, or from runs older than the key)."""
+    return lora_metadata(folder).get(MODEL_NAME)
 
 
 def check_lora_model(model: DictConfig, lora: str | None, key: str = "model", lora_key: str = "lora",

@@ -398,3 +398,13 @@ def test_a_lora_of_another_rank_is_one_line(tmp_path):
     other.add_adapter("student", rank=8, alpha=8, target_modules=list(m.lora_targets), guidance_embedding=True)
     with pytest.raises(ValueError, match=r"a LoRA of rank 4, but adapter 'student' here has rank 8 \(student.rank\)"):
         load_lora(other, "student", folder)
+
+
+def test_a_lora_file_that_is_not_safetensors_is_one_error_naming_it(tmp_path):
+    folder = tmp_path / "student"
+    folder.mkdir()
+    (folder / WEIGHTS).write_bytes(b"not a safetensors file")
+    SAMPLERS["fixed"].save(folder)
+    with pytest.raises(ValueError, match=r"student/pytorch_lora_weights\.safetensors: cannot be read as a safetensors file") as e:
+        load(cfg_for(f"lora={folder}"))
+    assert "\n" not in str(e.value)
