@@ -21,6 +21,7 @@ an unreadable video (skipped, counted and the batch refilled deterministically).
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,11 @@ def make_accelerator(cfg: DictConfig, run_dir: Path | None = None) -> Accelerato
     if cfg.precision == "fp16" and (cfg.device == "cpu" or not cuda):
         raise ConfigError("precision=fp16 is not supported on a CPU (accelerate would silently train in fp32); "
                           "use precision=no or precision=bf16")
-    return Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.precision,
+    # device=auto on a machine without CUDA under torchrun: accelerate sets up the gloo process group
+    # only when told cpu=True; without it each process runs alone and all fight over one run folder
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = cfg.device == "cpu" or (cfg.device == "auto" and launched and not cuda)
+    return Accelerator(cpu=cpu, mixed_precision=cfg.precision,
                        log_with=None if cfg.tracker == "none" else cfg.tracker,
                        project_dir=None if run_dir is None else str(Path(run_dir) / "trackers"))
 

@@ -7,11 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from distill.train import run_training
 from tests.distill.test_train import cfg_for, metrics
 
 COMMON = ["experiment=smoke", "device=cpu", "train.batch_size=2", "train.checkpoint_every=2"]
+AUTO = ["device=auto"]  # the config's default: on a machine without CUDA it must still make one process group
 KEYS = ("student/loss", "student/grad_norm", "cd", "score/clip")
 
 
@@ -38,8 +40,11 @@ def single(tmp_path_factory):
     return path
 
 
-def test_two_processes_train_what_one_does_and_only_rank_0_writes(tmp_path, single):
-    out = launch(tmp_path / "two", "train.steps=4")
+@pytest.mark.parametrize("device", [[], AUTO], ids=["device_cpu", "device_auto"])
+def test_two_processes_train_what_one_does_and_only_rank_0_writes(tmp_path, single, device):
+    if device and torch.cuda.is_available():
+        pytest.skip("device=auto picks the GPU here")
+    out = launch(tmp_path / "two", "train.steps=4", *device)
     assert out.count("run directory:") == 2  # both ranks ran the whole job
     two = metrics(tmp_path / "two")
     assert all(r["processes"] == 2 for r in two) and "processes" not in metrics(single)[0]
