@@ -128,17 +128,12 @@ def teacher_samples(bench: ToyBench, t2i: str | None = "toy_t2i_w128_15k", video
     factored ``t2i`` -> ``video`` pipeline (Magic 1-For-1; the default, the strongest shipped
     teachers: ToyBench colour, shape and motion 100) or, with ``t2i=None``, the text-to-video
     model ``video``."""
-    from turbo.config import compose_config
-    from turbo.pipeline import Sampler, load_stage, t2i2v
+    from eval.toy_teachers import toy_stage
+    from turbo.pipeline import Sampler, t2i2v
 
     sampler = Sampler("teacher", steps=steps, guidance_scale=guidance)
-
-    def stage(model: str):
-        node = compose_config("train", [f"model={model}"]).model
-        return load_stage(node, sampler, torch.device("cpu"), key=f"model={model}")
-
-    w, prompts, video_stage = bench.world, list(bench.prompts), stage(video)
-    image_stage = None if t2i is None else stage(t2i)
+    w, prompts, video_stage = bench.world, list(bench.prompts), toy_stage(video, sampler)
+    image_stage = None if t2i is None else toy_stage(t2i, sampler)
     batches = []
     for s in range(seeds):
         if image_stage is None:

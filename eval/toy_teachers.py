@@ -33,7 +33,9 @@ from turbo.config import compose_config
 from turbo.pipeline import Sampler, load_stage, t2i2v
 
 
-def _stage(name: str, sampler: Sampler, lora: str | None = None, lora_key: str = "lora"):
+def toy_stage(name: str, sampler: Sampler, lora: str | None = None, lora_key: str = "lora"):
+    """The shipped toy model config ``name`` as a CPU stage sampling with ``sampler``, optionally with
+    a run's student LoRA (``lora``; ``lora_key`` names it in errors)."""
     model = compose_config("train", [f"model={name}"]).model
     # a student of another model would fill its row with that model's numbers: refused, not warned
     return load_stage(model, sampler, torch.device("cpu"), key=f"model={name}", lora=lora, strict_model=True,
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     sampler = Sampler("teacher", steps=args.steps, guidance_scale=args.guidance)
     t2i_guidance = args.guidance if args.t2i_guidance is None else args.t2i_guidance
-    t2v, i2v = (_stage(n, sampler) for n in ("toy_t2v", args.i2v))
-    t2i = _stage(args.t2i, Sampler("teacher", steps=args.steps, guidance_scale=t2i_guidance))
+    t2v, i2v = (toy_stage(n, sampler) for n in ("toy_t2v", args.i2v))
+    t2i = toy_stage(args.t2i, Sampler("teacher", steps=args.steps, guidance_scale=t2i_guidance))
     bench = ToyBench(num_prompts=args.prompts, num_frames=9)
     real_first = {p: v[0][0] for p, v in bench.real_videos(seed=7).items()}  # a real clip per prompt, not scored
 
@@ -88,10 +90,10 @@ def main(argv: list[str] | None = None) -> str:
         t2i.sampler.nfe + i2v.sampler.nfe)
     row(f"real first frame -> {i2v_name} ({args.steps} steps)", video(i2v, first_frames=real_first), i2v.sampler.nfe)
     if args.t2v_student:
-        student = _stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student, "--t2v-student")
+        student = toy_stage("toy_t2v", Sampler.load(args.t2v_student, "--t2v-student"), args.t2v_student, "--t2v-student")
         row(f"t2v student ({student.sampler.nfe} NFE)", video(student), student.sampler.nfe)
     if args.i2v_student:
-        i2v_student = _stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student, "--i2v-student")
+        i2v_student = toy_stage(args.i2v, Sampler.load(args.i2v_student, "--i2v-student"), args.i2v_student, "--i2v-student")
         n = i2v_student.sampler.nfe
         row(f"{t2i_name} ({args.steps} steps) -> {i2v_name} student ({n} NFE)", factored(t2i, i2v_student),
             t2i.sampler.nfe + n)
